@@ -1,0 +1,208 @@
+"""Tests for timm_ff.data: registry, dataset loading (sample, parquet, imagefolder) and loaders."""
+
+import pytest
+import torch
+from datasets import load_dataset
+
+import timm_ff.data as data_mod
+from timm_ff.data import (
+    SAMPLE_DIR, ImageData, create_loaders, get_dataset_spec, list_datasets, load_image_datasets, make_transform,
+)
+from timm_ff.errors import DataError
+
+CIFAR_CONFIG = {'input_size': (3, 32, 32), 'interpolation': 'bilinear', 'mean': (0.4914, 0.4822, 0.4465),
+                'std': (0.2470, 0.2435, 0.2616), 'crop_pct': 1.0, 'crop_mode': 'center'}
+CIFAR_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Make every Hub load in timm_ff.data fail the way HF_HUB_OFFLINE=1 does; local loads still work."""
+    real = data_mod.load_dataset
+
+    def fake(path, *args, **kwargs):
+        if path in ('parquet', 'imagefolder'):
+            return real(path, *args, **kwargs)
+        raise ConnectionError(f"Couldn't reach {path!r} on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(data_mod, 'load_dataset', fake)
+
+
+@pytest.fixture(scope='module')
+def sample():
+    return load_dataset('parquet', data_files={
+        'train': str(SAMPLE_DIR / 'train-00000-of-00001.parquet'),
+        'test': str(SAMPLE_DIR / 'test-00000-of-00001.parquet')})
+
+
+@pytest.fixture
+def parquet_dir(tmp_path, sample):
+    """A small HF-style parquet folder: 40 train / 20 test rows, with a second integer label column."""
+    root = tmp_path / 'pq'
+    root.mkdir()
+    for split, n in (('train', 40), ('test', 20)):
+        ds = sample[split].select(range(n)).map(lambda ex: {'parity': ex['label'] % 2})
+        ds.to_parquet(str(root / f'{split}-00000-of-00001.parquet'))
+    return root
+
+
+def test_registry():
+    names = list_datasets()
+    assert names == sorted(names)
+    assert {'cifar10', 'cifar100', 'imagenet100', 'mnist', 'fashion_mnist', 'svhn', 'stl10',
+            'tiny_imagenet'} <= set(names)
+    assert get_dataset_spec('cifar100').label_columns == ('fine_label', 'coarse_label')
+    assert get_dataset_spec('mnist').in_chans == 1 and get_dataset_spec('cifar10').in_chans == 3
+    assert get_dataset_spec('svhn').config == 'cropped_digits'
+    assert get_dataset_spec('imagenet100').eval_split == 'validation'
+    with pytest.raises(DataError, match=r"unknown dataset 'nope'.*cifar10.*mnist"):
+        get_dataset_spec('nope')
+
+
+def test_sample_fallback_when_offline(offline):
+    data = load_image_datasets('cifar10')
+    assert isinstance(data, ImageData) and data.is_sample
+    assert (len(data.train), len(data.eval)) == (950, 500)
+    assert (data.image_column, data.label_column, data.num_classes) == ('img', 'label', 10)
+    assert data.class_names == CIFAR_CLASSES
+    assert 'bundled CIFAR-10 sample (950 train / 500 test images)' in data.source
+    assert 'could not be reached' in data.source
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'name': 'cifar10', 'allow_sample_fallback': False},
+    {'name': 'cifar10', 'label_column': 'orig_index'},
+    {'name': 'cifar100'},
+])
+def test_no_fallback_gives_clear_error(offline, kwargs):
+    with pytest.raises(DataError, match=r"could not be reached.*--data-dir.*parquet folder or image folder.*shared/data"):
+        load_image_datasets(**kwargs)
+
+
+def test_no_name_no_dir():
+    with pytest.raises(DataError, match='no dataset given.*cifar10.*--data-dir'):
+        load_image_datasets()
+
+
+def test_local_parquet_dir(parquet_dir):
+    data = load_image_datasets(data_dir=str(parquet_dir))
+    assert not data.is_sample and str(parquet_dir) in data.source
+    assert (len(data.train), len(data.eval)) == (40, 20)
+    assert (data.image_column, data.label_column) == ('img', 'label')
+    assert data.num_classes == 10 and data.class_names == CIFAR_CLASSES
+
+
+def test_parquet_in_data_subfolder_and_plain_split_names(tmp_path, sample):
+    (tmp_path / 'data').mkdir()
+    sample['train'].select(range(12)).to_parquet(str(tmp_path / 'data' / 'train.parquet'))
+    sample['test'].select(range(8)).to_parquet(str(tmp_path / 'data' / 'validation.parquet'))
+    data = load_image_datasets('cifar10', data_dir=str(tmp_path))
+    assert (len(data.train), len(data.eval)) == (12, 8)
+
+
+def test_label_column_selection(parquet_dir):
+    data = load_image_datasets(data_dir=str(parquet_dir), label_column='parity')
+    assert data.label_column == 'parity'
+    assert data.num_classes == 2 and data.class_names is None  # plain int column: max label + 1
+
+
+def test_bad_label_column_message(parquet_dir):
+    with pytest.raises(DataError) as err:
+        load_image_datasets('cifar10', data_dir=str(parquet_dir), label_column='coarse_label')
+    msg = str(err.value)
+    assert "'coarse_label'" in msg and 'label' in msg and 'parity' in msg and 'img' in msg
+
+
+def test_bad_image_column(parquet_dir):
+    with pytest.raises(DataError, match=r"image column 'label' is not an image column.*img"):
+        load_image_datasets(data_dir=str(parquet_dir), image_column='label')
+
+
+def test_no_image_column(tmp_path, sample):
+    sample['train'].select(range(5)).remove_columns('img').to_parquet(str(tmp_path / 'train.parquet'))
+    sample['test'].select(range(5)).remove_columns('img').to_parquet(str(tmp_path / 'test.parquet'))
+    with pytest.raises(DataError, match=r'no image column.*label, orig_index'):
+        load_image_datasets(data_dir=str(tmp_path))
+
+
+def test_missing_and_empty_dirs(tmp_path):
+    with pytest.raises(DataError, match=r'does not exist.*parquet.*image folder'):
+        load_image_datasets(data_dir=str(tmp_path / 'missing'))
+    with pytest.raises(DataError, match=r'is empty.*parquet'):
+        load_image_datasets(data_dir=str(tmp_path))
+    (tmp_path / 'notes.txt').write_text('nothing useful')
+    with pytest.raises(DataError, match=r'no recognisable layout.*<split>/<class>'):
+        load_image_datasets(data_dir=str(tmp_path))
+
+
+def test_single_split_folder(tmp_path, sample):
+    sample['test'].select(range(10)).to_parquet(str(tmp_path / 'validation-00000-of-00001.parquet'))
+    with pytest.raises(DataError, match=r"splits found: validation.*explicitly"):
+        load_image_datasets(data_dir=str(tmp_path))
+    data = load_image_datasets(data_dir=str(tmp_path), train_split='validation', eval_split='validation')
+    assert len(data.train) == len(data.eval) == 10
+    with pytest.raises(DataError, match=r"eval split 'test' not found.*validation"):
+        load_image_datasets(data_dir=str(tmp_path), train_split='validation', eval_split='test')
+
+
+def test_imagefolder_layout(tmp_path, sample):
+    names = sample['train'].features['label'].names
+    for split, ds in (('fit', sample['train']), ('holdout', sample['test'])):
+        for i, ex in enumerate(ds.select(range(12))):
+            folder = tmp_path / split / names[ex['label']]
+            folder.mkdir(parents=True, exist_ok=True)
+            ex['img'].save(folder / f'{i}.png')
+    with pytest.raises(DataError, match='eval split'):
+        load_image_datasets(data_dir=str(tmp_path), train_split='fit')
+    data = load_image_datasets(data_dir=str(tmp_path), train_split='fit', eval_split='holdout')
+    assert (data.image_column, data.label_column) == ('image', 'label')
+    assert (len(data.train), len(data.eval)) == (12, 12)
+    assert data.num_classes == len(data.class_names) and set(data.class_names) <= set(names)
+    assert data.train[0]['image'].size == (32, 32)
+
+
+def test_loaders_shapes_and_dtypes(parquet_dir):
+    data = load_image_datasets(data_dir=str(parquet_dir))
+    train, evals = create_loaders(data, data_config=CIFAR_CONFIG, batch_size=16, eval_batch_size=8)
+    assert len(train) == 2 and len(evals) == 3  # 40 // 16 with drop_last; ceil(20 / 8)
+    x, y = next(iter(train))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
+    assert y.dtype == torch.long and y.shape == (16,) and 0 <= y.min() and y.max() < data.num_classes
+    sizes = [xb.shape[0] for xb, _ in evals]
+    assert sizes == [8, 8, 4]
+    xe, ye = next(iter(evals))
+    assert ye.tolist() == data.eval['label'][:8]  # eval is not shuffled
+    assert -3.0 < xe.mean() < 3.0 and xe.min() < 0 < xe.max()  # normalised, not [0, 1]
+
+
+def test_grayscale_loader(parquet_dir):
+    data = load_image_datasets(data_dir=str(parquet_dir))
+    config = dict(CIFAR_CONFIG, input_size=(3, 28, 28))  # timm reports 3 chans even for in_chans=1 models
+    train, evals = create_loaders(data, data_config=config, batch_size=8, in_chans=1,
+                                  train_transform_kwargs={'scale': (0.5, 1.0)})
+    for loader in (train, evals):
+        x, y = next(iter(loader))
+        assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
+
+
+def test_train_order_reproducible(parquet_dir):
+    data = load_image_datasets(data_dir=str(parquet_dir))
+
+    def order(seed):
+        train, _ = create_loaders(data, data_config=CIFAR_CONFIG, batch_size=8, seed=seed)
+        return torch.cat([y for _, y in train]).tolist()
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+
+
+def test_loader_argument_errors(parquet_dir):
+    data = load_image_datasets(data_dir=str(parquet_dir))
+    with pytest.raises(DataError, match='fewer than batch_size 64'):
+        create_loaders(data, data_config=CIFAR_CONFIG, batch_size=64)
+    with pytest.raises(DataError, match='batch_size must be a positive integer'):
+        create_loaders(data, data_config=CIFAR_CONFIG, batch_size=0)
+    with pytest.raises(DataError, match="unknown transform argument.*'bogus'"):
+        create_loaders(data, data_config=CIFAR_CONFIG, batch_size=8, train_transform_kwargs={'bogus': 1})
+    with pytest.raises(DataError, match='in_chans must be 1'):
+        make_transform(CIFAR_CONFIG, False, in_chans=2)

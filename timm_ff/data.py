@@ -1,0 +1,394 @@
+"""Image-classification data for timm_ff: a small dataset registry, loading and DataLoaders.
+
+Datasets come from the Hugging Face Hub (``load_dataset(hub_id)``) or from a local folder holding either
+HF parquet files (``<split>-NNNNN-of-NNNNN.parquet``) or an image-folder layout
+(``<split>/<class>/*.png``). When the Hub cannot be reached and CIFAR-10 was asked for, a small real
+CIFAR-10 sample bundled with the package is used instead, and :attr:`ImageData.source` says so.
+Transforms come from timm (``timm.data.create_transform``) and follow the model's data config.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import timm.data
+import torch
+from datasets import load_dataset
+from torch.utils.data import DataLoader
+
+from timm_ff.errors import DataError
+
+__all__ = [
+    'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
+    'make_transform', 'create_loaders', 'SAMPLE_DIR',
+]
+
+SAMPLE_DIR = Path(__file__).resolve().parent / '_sample' / 'cifar10-tiny'
+"""Folder of the bundled real CIFAR-10 sample (950 train / 500 test images, columns ``img``, ``label``)."""
+
+_EVAL_SPLIT_FALLBACKS = ('test', 'validation', 'valid', 'val')
+_IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+_PARQUET_RE = re.compile(r'^(?P<split>\w+?)(?:-\d{5}-of-\d{5}(?:-[0-9a-f]+)?)?\.parquet$')
+_LAYOUTS = ('a parquet folder (<dir>/<split>-00000-of-00001.parquet, <dir>/<split>.parquet or '
+            '<dir>/data/<split>-*.parquet) or an image folder (<dir>/<split>/<class>/*.png|jpg|jpeg)')
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a named dataset lives on the Hub and how its columns and splits are called."""
+
+    hub_id: str
+    image_column: str
+    label_columns: tuple[str, ...]
+    train_split: str = 'train'
+    eval_split: str = 'test'
+    in_chans: int = 3
+    description: str = ''
+    config: str | None = None
+
+
+_REGISTRY: dict[str, DatasetSpec] = {
+    'cifar10': DatasetSpec('uoft-cs/cifar10', 'img', ('label',), description='CIFAR-10, 10 classes, 32x32'),
+    'cifar100': DatasetSpec('uoft-cs/cifar100', 'img', ('fine_label', 'coarse_label'),
+                            description='CIFAR-100, 100 fine / 20 coarse classes, 32x32'),
+    'imagenet100': DatasetSpec('clane9/imagenet-100', 'image', ('label',), eval_split='validation',
+                               description='ImageNet-100 (CMC class list), full resolution'),
+    'mnist': DatasetSpec('ylecun/mnist', 'image', ('label',), in_chans=1,
+                         description='MNIST digits, 10 classes, 28x28 grayscale'),
+    'fashion_mnist': DatasetSpec('zalando-datasets/fashion_mnist', 'image', ('label',), in_chans=1,
+                                 description='Fashion-MNIST, 10 classes, 28x28 grayscale'),
+    'svhn': DatasetSpec('ufldl-stanford/svhn', 'image', ('label',), config='cropped_digits',
+                        description='SVHN cropped digits, 10 classes, 32x32'),
+    'stl10': DatasetSpec('tanganke/stl10', 'image', ('label',), description='STL-10, 10 classes, 96x96'),
+    'tiny_imagenet': DatasetSpec('zh-plus/tiny-imagenet', 'image', ('label',), eval_split='valid',
+                                 description='Tiny ImageNet, 200 classes, 64x64'),
+}
+
+
+@dataclass
+class ImageData:
+    """A train/eval pair of image-classification splits plus what is needed to build loaders.
+
+    Attributes:
+        train: Training split.
+        eval: Evaluation split.
+        image_column: Column holding the images (a ``datasets.Image`` feature).
+        label_column: Column holding integer class labels.
+        num_classes: Number of classes (from the ``ClassLabel`` feature, else max label + 1).
+        class_names: Class names from the ``ClassLabel`` feature, or None.
+        source: Human-readable origin (Hub id, local path or the bundled sample), for the CLI to print.
+        is_sample: True when the bundled CIFAR-10 sample stands in for the requested dataset.
+    """
+
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    image_column: str
+    label_column: str
+    num_classes: int
+    class_names: list[str] | None
+    source: str
+    is_sample: bool = False
+
+
+def list_datasets() -> list[str]:
+    """Return the registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """Return the :class:`DatasetSpec` registered under ``name``.
+
+    Raises:
+        DataError: If ``name`` is not registered; the message lists the allowed names.
+    """
+    if name not in _REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(list_datasets())} "
+                        "(or pass --data-dir with a local parquet or image folder)")
+    return _REGISTRY[name]
+
+
+def _parquet_files(root: Path) -> dict[str, list[str]]:
+    """Group ``*.parquet`` files in ``root`` (or ``root/data``) by split name."""
+    for folder in (root, root / 'data'):
+        files = sorted(folder.glob('*.parquet')) if folder.is_dir() else []
+        if not files:
+            continue
+        groups: dict[str, list[str]] = {}
+        for f in files:
+            m = _PARQUET_RE.match(f.name)
+            if m is None:
+                raise DataError(f"cannot tell the split of parquet file {str(f)!r}; name files "
+                                "<split>-00000-of-00001.parquet or <split>.parquet")
+            groups.setdefault(m.group('split'), []).append(str(f))
+        return groups
+    return {}
+
+
+def _imagefolder_files(root: Path) -> dict[str, list[str]]:
+    """Collect ``<split>/<class>/<image>`` files in ``root`` by split name."""
+    groups: dict[str, list[str]] = {}
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [str(f) for class_dir in sorted(split_dir.iterdir()) if class_dir.is_dir()
+                 for f in sorted(class_dir.iterdir()) if f.suffix.lower() in _IMAGE_EXTS]
+        if files:
+            groups[split_dir.name] = files
+    return groups
+
+
+def _load_local(data_dir: str) -> tuple[datasets.DatasetDict, str]:
+    """Load a local parquet or image folder as a DatasetDict; return it and a description."""
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data dir {data_dir!r} does not exist or is not a folder; expected {_LAYOUTS}")
+    if not any(root.iterdir()):
+        raise DataError(f"data dir {data_dir!r} is empty; expected {_LAYOUTS}")
+    parquet = _parquet_files(root)
+    if parquet:
+        return load_dataset('parquet', data_files=parquet), f'local parquet folder {str(root)!r}'
+    images = _imagefolder_files(root)
+    if images:
+        return load_dataset('imagefolder', data_files=images), f'local image folder {str(root)!r}'
+    raise DataError(f"data dir {data_dir!r} has no recognisable layout; expected {_LAYOUTS}")
+
+
+def _pick_splits(dd: datasets.DatasetDict, where: str, spec: DatasetSpec | None,
+                 train_split: str | None, eval_split: str | None) -> tuple[str, str]:
+    """Choose the train and eval split names present in ``dd``."""
+    found = ', '.join(dd.keys())
+    hint = 'pass train_split/eval_split (--train-split/--eval-split) explicitly; the same split may serve both'
+    train = train_split or (spec.train_split if spec else 'train')
+    if train not in dd:
+        raise DataError(f"train split {train!r} not found in {where}; splits found: {found}; {hint}")
+    if eval_split is not None:
+        if eval_split not in dd:
+            raise DataError(f"eval split {eval_split!r} not found in {where}; splits found: {found}; {hint}")
+        return train, eval_split
+    candidates = ((spec.eval_split,) if spec else ()) + _EVAL_SPLIT_FALLBACKS
+    for cand in candidates:
+        if cand in dd and cand != train:
+            return train, cand
+    raise DataError(f"no eval split in {where} (looked for {', '.join(dict.fromkeys(candidates))}); "
+                    f"splits found: {found}; {hint}")
+
+
+def _pick_image_column(ds: datasets.Dataset, requested: str | None, spec: DatasetSpec | None) -> str:
+    """Return the image column: the requested one, the spec's, or the first ``Image`` feature."""
+    cols = ', '.join(ds.column_names)
+    if requested is not None:
+        if not isinstance(ds.features.get(requested), datasets.Image):
+            raise DataError(f"image column {requested!r} is not an image column; columns: {cols}")
+        return requested
+    if spec is not None and isinstance(ds.features.get(spec.image_column), datasets.Image):
+        return spec.image_column
+    for col, feat in ds.features.items():
+        if isinstance(feat, datasets.Image):
+            return col
+    raise DataError(f"no image column found (no column has the datasets.Image feature); columns: {cols}; "
+                    "pass image_column (--image-column)")
+
+
+def _is_int_label(feat: Any) -> bool:
+    """True for a ``ClassLabel`` or an integer ``Value`` feature."""
+    return isinstance(feat, datasets.ClassLabel) or (
+        isinstance(feat, datasets.Value) and feat.dtype.startswith(('int', 'uint')))
+
+
+def _pick_label_column(ds: datasets.Dataset, requested: str | None, spec: DatasetSpec | None) -> str:
+    """Return the label column: the requested one, the spec's default, or the first ``ClassLabel``."""
+    feats = ds.features
+    labels = [c for c, f in feats.items() if _is_int_label(f)]
+    allowed = f"label columns: {', '.join(labels) or 'none'}; all columns: {', '.join(ds.column_names)}"
+    if requested is not None:
+        if requested not in feats:
+            raise DataError(f"label column {requested!r} not found; {allowed}")
+        if not _is_int_label(feats[requested]):
+            raise DataError(f"label column {requested!r} does not hold integer class labels "
+                            f"({feats[requested]}); {allowed}")
+        return requested
+    if spec is not None and spec.label_columns[0] in feats and _is_int_label(feats[spec.label_columns[0]]):
+        return spec.label_columns[0]
+    for cand in [c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)] + ['label', 'labels']:
+        if cand in labels:
+            return cand
+    raise DataError(f"no label column found; {allowed}; pass label_column (--label-column)")
+
+
+def _select(dd: datasets.DatasetDict, where: str, source: str, spec: DatasetSpec | None,
+            label_column: str | None, image_column: str | None, train_split: str | None,
+            eval_split: str | None, is_sample: bool = False) -> ImageData:
+    """Pick splits and columns from ``dd`` and count the classes."""
+    train_name, eval_name = _pick_splits(dd, where, spec, train_split, eval_split)
+    train, evals = dd[train_name], dd[eval_name]
+    image_col = _pick_image_column(train, image_column, spec)
+    label_col = _pick_label_column(train, label_column, spec)
+    for col in (image_col, label_col):
+        if col not in evals.column_names:
+            raise DataError(f"column {col!r} is in split {train_name!r} but not in eval split "
+                            f"{eval_name!r} (columns: {', '.join(evals.column_names)})")
+    feat = train.features[label_col]
+    if isinstance(feat, datasets.ClassLabel):
+        num_classes, class_names = feat.num_classes, list(feat.names)
+    else:
+        values = train.unique(label_col) + evals.unique(label_col)
+        num_classes, class_names = (max(values) + 1 if values else 0), None
+    if num_classes < 1:
+        raise DataError(f"label column {label_col!r} in {where} holds no classes")
+    return ImageData(train, evals, image_col, label_col, num_classes, class_names, source, is_sample)
+
+
+def load_image_datasets(name: str | None = None, data_dir: str | None = None,
+                        label_column: str | None = None, image_column: str | None = None,
+                        train_split: str | None = None, eval_split: str | None = None,
+                        allow_sample_fallback: bool = True) -> ImageData:
+    """Load a train/eval pair of image-classification splits.
+
+    Args:
+        name: Registered dataset name (see :func:`list_datasets`); optional when ``data_dir`` is given.
+        data_dir: Local parquet folder or image folder; when given, the Hub is not used.
+        label_column: Label column (default: the dataset's first label column, else the first ClassLabel).
+        image_column: Image column (default: the dataset's, else the first ``datasets.Image`` column).
+        train_split: Training split (default: the dataset's, else ``train``).
+        eval_split: Eval split (default: the dataset's, else the first of test/validation/valid/val).
+        allow_sample_fallback: Use the bundled CIFAR-10 sample when ``cifar10`` cannot be fetched.
+
+    Returns:
+        The selected splits and their metadata; ``source`` says where the data came from.
+
+    Raises:
+        DataError: For an unknown name, an unusable folder, a missing split or column, or an unreachable Hub.
+    """
+    spec = get_dataset_spec(name) if name is not None else None
+    if data_dir is not None:
+        dd, where = _load_local(data_dir)
+        return _select(dd, where, where, spec, label_column, image_column, train_split, eval_split)
+    if spec is None:
+        raise DataError(f"no dataset given; pass a dataset name (one of {', '.join(list_datasets())}) "
+                        "or data_dir (--data-dir) with a local parquet or image folder")
+    try:
+        dd = load_dataset(spec.hub_id, spec.config)
+    except (ConnectionError, OSError) as exc:
+        if allow_sample_fallback and name == 'cifar10' and label_column in (None, 'label') \
+                and image_column in (None, 'img'):
+            sample, _ = _load_local(str(SAMPLE_DIR))
+            counts = f"{sample['train'].num_rows} train / {sample['test'].num_rows} test images"
+            source = (f"bundled CIFAR-10 sample ({counts}) because the Hub id {spec.hub_id!r} could not be "
+                      "reached; pass --data-dir with the full data for real results")
+            return _select(sample, 'the bundled CIFAR-10 sample', source, spec, label_column, image_column,
+                           train_split, eval_split, is_sample=True)
+        raise DataError(f"Hub dataset {spec.hub_id!r} could not be reached ({exc}); pass --data-dir with a "
+                        "local parquet folder or image folder (e.g. a ../shared/data/<name> folder with "
+                        "<split>-00000-of-00001.parquet files) or go online") from exc
+    return _select(dd, f'Hub dataset {spec.hub_id!r}', f'Hugging Face Hub {spec.hub_id!r}'
+                   + (f' (config {spec.config!r})' if spec.config else ''),
+                   spec, label_column, image_column, train_split, eval_split)
+
+
+def _fit_channels(values: Any, in_chans: int, key: str) -> tuple[float, ...]:
+    """Make a per-channel ``mean``/``std`` tuple match ``in_chans``."""
+    values = tuple(float(v) for v in (values if isinstance(values, (tuple, list)) else (values,)))
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    raise DataError(f"data_config {key} {values} has {len(values)} channels, model has in_chans={in_chans}")
+
+
+_TRANSFORM_ARGS = frozenset(inspect.signature(timm.data.create_transform).parameters)
+
+
+def make_transform(data_config: dict, is_training: bool, in_chans: int = 3, **kwargs: Any):
+    """Build a timm transform for ``data_config`` with mean/std fitted to ``in_chans`` channels.
+
+    Args:
+        data_config: Output of ``timm.data.resolve_data_config(model=model)``.
+        is_training: Training (augmenting) transform if True, else the eval transform.
+        in_chans: Number of image channels the model takes (1 or 3).
+        **kwargs: Extra ``timm.data.create_transform`` arguments (e.g. ``scale``, ``hflip``).
+
+    Returns:
+        A callable mapping a PIL image to a float tensor of shape ``(in_chans, H, W)``.
+    """
+    if in_chans not in (1, 3):
+        raise DataError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+    bad = sorted(set(data_config) - _TRANSFORM_ARGS) + sorted(set(kwargs) - _TRANSFORM_ARGS)
+    if bad or 'is_training' in kwargs:
+        raise DataError(f"unknown transform argument(s) {bad or ['is_training']}; allowed: "
+                        f"{', '.join(sorted(_TRANSFORM_ARGS - {'is_training'}))}")
+    cfg = dict(data_config)
+    for key in ('mean', 'std'):
+        if key in cfg:
+            cfg[key] = _fit_channels(cfg[key], in_chans, key)
+    size = cfg.get('input_size')
+    if isinstance(size, (tuple, list)) and len(size) == 3:
+        cfg['input_size'] = (in_chans, *size[1:])
+    return timm.data.create_transform(**cfg, is_training=is_training, **kwargs)
+
+
+@dataclass
+class _BatchTransform:
+    """Picklable ``Dataset.with_transform`` function: PIL images -> tensors, labels passed through."""
+
+    transform: Any
+    image_column: str
+    label_column: str
+    mode: str
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        images = [self.transform(img.convert(self.mode)) for img in batch[self.image_column]]
+        return {'pixel_values': images, 'label': batch[self.label_column]}
+
+
+def _collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows into ``(images[B, C, H, W] float32, labels[B] int64)``."""
+    images = torch.stack([r['pixel_values'] for r in rows]).float()
+    labels = torch.tensor([int(r['label']) for r in rows], dtype=torch.long)
+    return images, labels
+
+
+def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_batch_size: int | None = None,
+                   num_workers: int = 0, in_chans: int = 3, train_transform_kwargs: dict | None = None,
+                   seed: int = 0, drop_last: bool = True) -> tuple[DataLoader, DataLoader]:
+    """Build the train and eval DataLoaders with timm transforms.
+
+    Args:
+        data: Splits from :func:`load_image_datasets`.
+        data_config: Output of ``timm.data.resolve_data_config(model=model)``.
+        batch_size: Training batch size.
+        eval_batch_size: Eval batch size (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        in_chans: Model input channels; images are converted to 'RGB' (3) or 'L' (1).
+        train_transform_kwargs: Extra ``timm.data.create_transform`` arguments for training only.
+        seed: Seed of the generator that shuffles the training set.
+        drop_last: Drop the last incomplete training batch.
+
+    Returns:
+        ``(train_loader, eval_loader)``, each yielding ``(images float32 [B, C, H, W], labels int64 [B])``.
+    """
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+    for key, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise DataError(f"{key} must be a positive integer, got {value!r}")
+    if num_workers < 0:
+        raise DataError(f"num_workers must be >= 0, got {num_workers!r}")
+    if drop_last and len(data.train) < batch_size:
+        raise DataError(f"train split has {len(data.train)} rows, fewer than batch_size {batch_size}, so "
+                        "no full batch exists; lower the batch size or pass drop_last=False")
+    mode = 'L' if in_chans == 1 else 'RGB'
+    train_tf = make_transform(data_config, True, in_chans, **(train_transform_kwargs or {}))
+    eval_tf = make_transform(data_config, False, in_chans)
+    cols = [data.image_column, data.label_column]
+    train_ds = data.train.with_transform(_BatchTransform(train_tf, *cols, mode), columns=cols)
+    eval_ds = data.eval.with_transform(_BatchTransform(eval_tf, *cols, mode), columns=cols)
+    common = dict(num_workers=num_workers, collate_fn=_collate, persistent_workers=num_workers > 0,
+                  pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                              generator=torch.Generator().manual_seed(seed), **common)
+    eval_loader = DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
+    return train_loader, eval_loader

@@ -1,0 +1,162 @@
+"""Goodness heads: from a unit's activation to a goodness vector and K class logits.
+
+Goodness is the energy (mean or sum of squares) of an activation, read per channel group
+(CwComp / ASGE style), per spatial patch, or over the whole tensor. It is always computed in
+fp32, since squares of bf16/fp16 activations overflow or lose the small differences that carry
+the class signal.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import unknown_choice
+
+__all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 'FixedLinear', 'GoodnessHead']
+
+GOODNESS_MODES = ('channel', 'patch', 'channel_patch')
+GOODNESS_REDUCE = ('mean', 'sum')
+HEAD_PROJ = ('learned', 'fixed')
+
+
+def goodness_vector(
+        h: torch.Tensor,
+        mode: str = 'channel',
+        groups: int = 0,
+        patches: int = 2,
+        reduce: str = 'mean',
+) -> torch.Tensor:
+    """Energy of ``h`` per channel group and/or spatial patch, in fp32.
+
+    Args:
+        h: Activation, (B, C, H, W) or (B, C).
+        mode: 'channel' (one value per channel group), 'patch' (one value per cell of a
+            ``patches`` x ``patches`` grid, channels pooled) or 'channel_patch' (both, concatenated).
+        groups: Channel groups for 'channel'; 0 means one group per channel.
+        patches: Grid side for 'patch'.
+        reduce: 'mean' or 'sum' of squares inside each group / patch.
+
+    Returns:
+        (B, G) goodness vector.
+    """
+    if mode not in GOODNESS_MODES:
+        raise unknown_choice('goodness mode', mode, GOODNESS_MODES)
+    if reduce not in GOODNESS_REDUCE:
+        raise unknown_choice('goodness reduce', reduce, GOODNESS_REDUCE)
+    sq = h.float().square()
+    if sq.ndim == 2:
+        sq = sq[:, :, None, None]
+    B, C, H, W = sq.shape
+    pool = torch.mean if reduce == 'mean' else torch.sum
+    parts = []
+    if mode in ('channel', 'channel_patch'):
+        g = groups or C
+        if C % g:
+            raise ValueError(f'goodness groups={g} must divide the {C} channels of this unit')
+        parts.append(pool(sq.reshape(B, g, (C // g) * H * W), dim=2))
+    if mode in ('patch', 'channel_patch'):
+        if H == 1 and W == 1:
+            raise ValueError("goodness mode 'patch' needs a spatial activation; this unit's output is (B, C)")
+        per_pos = pool(sq, dim=1, keepdim=True)
+        if reduce == 'mean':
+            parts.append(F.adaptive_avg_pool2d(per_pos, patches).flatten(1))
+        else:
+            cells = F.adaptive_avg_pool2d(per_pos, patches).flatten(1)
+            parts.append(cells * (H * W) / (patches * patches))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+class FixedLinear(nn.Module):
+    """A random linear map held in buffers: saved with the weights, never trained."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        ref = nn.Linear(in_features, out_features)
+        self.register_buffer('weight', ref.weight.detach().clone())
+        self.register_buffer('bias', torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class GoodnessHead(nn.Module):
+    """Goodness vector -> K class logits, divided by the unit's temperature.
+
+    With ``num_classes=0`` the head returns the scalar goodness per sample (mean or sum over the
+    goodness vector), which is what classic FF thresholds and what label scoring compares.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            num_classes: int,
+            mode: str = 'channel',
+            groups: int = 0,
+            patches: int = 2,
+            reduce: str = 'mean',
+            proj: str = 'learned',
+            temperature: Optional[nn.Module] = None,
+            coupled_norm: Optional[nn.Module] = None,
+            spatial: bool = True,
+    ):
+        """
+        Args:
+            in_chs: Channels of the activation the head reads.
+            num_classes: K; 0 gives the scalar-goodness head.
+            mode: See :func:`goodness_vector`.
+            groups: Channel groups (0: one per channel).
+            patches: Patch grid side.
+            reduce: 'mean' or 'sum' of squares.
+            proj: 'learned' linear map to K logits, or 'fixed' random map (a buffer).
+            temperature: Module mapping (goodness, logits) -> T (B or scalar); None means T = 1.
+            coupled_norm: If given, goodness is read from ``coupled_norm(h)`` (the tensor handed
+                to the next unit): the coupled-normalisation ablation.
+            spatial: Whether the activation is (B, C, H, W); False for MLP units.
+        """
+        super().__init__()
+        if proj not in HEAD_PROJ:
+            raise unknown_choice('head projection', proj, HEAD_PROJ)
+        if mode not in GOODNESS_MODES:
+            raise unknown_choice('goodness mode', mode, GOODNESS_MODES)
+        if not spatial and mode != 'channel':
+            raise unknown_choice('goodness mode for a non-spatial (MLP) unit', mode, ('channel',))
+        self.mode, self.groups, self.patches, self.reduce = mode, groups, patches, reduce
+        self.proj_kind = proj
+        self.num_classes = num_classes
+        n_chan = (groups or in_chs) if mode in ('channel', 'channel_patch') else 0
+        n_patch = patches * patches if mode in ('patch', 'channel_patch') else 0
+        self.num_goodness = n_chan + n_patch
+        self.coupled_norm = coupled_norm
+        self.temperature = temperature
+        self.proj = self._make_proj(num_classes)
+
+    def _make_proj(self, num_classes: int) -> Optional[nn.Module]:
+        if num_classes <= 0:
+            return None
+        if self.proj_kind == 'fixed':
+            return FixedLinear(self.num_goodness, num_classes)
+        return nn.Linear(self.num_goodness, num_classes)
+
+    def reset(self, num_classes: int):
+        """Rebuild the goodness -> logits map for ``num_classes`` (0 removes it)."""
+        self.num_classes = num_classes
+        self.proj = self._make_proj(num_classes)
+
+    def goodness(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, G) goodness vector of activation ``h`` (fp32)."""
+        if self.coupled_norm is not None:
+            h = self.coupled_norm(h)
+        return goodness_vector(h, self.mode, self.groups, self.patches, self.reduce)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Tempered class logits (B, K) in fp32, or scalar goodness (B,) when num_classes == 0."""
+        g = self.goodness(h)
+        if self.proj is None:
+            return g.mean(1) if self.reduce == 'mean' else g.sum(1)
+        with torch.autocast(device_type=g.device.type, enabled=False):
+            logits = self.proj(g)
+            if self.temperature is not None:
+                t = self.temperature(g, logits)
+                logits = logits / (t[:, None] if t.ndim == 1 else t)
+        return logits

@@ -1,0 +1,44 @@
+"""Normalisation between local units (the 'decoupled normalisation' of DTG-FF).
+
+A unit's goodness is read from its raw activation while the next unit receives a separately
+normalised copy, so a unit cannot hand its goodness on and the next unit must find new features.
+These norms are parameter-free on purpose: the coupled ablation re-applies the very same norm
+inside the goodness head, and the two must be the same function.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import unknown_choice
+
+__all__ = ['LengthNorm', 'ChannelLayerNorm', 'UNIT_NORMS', 'create_unit_norm']
+
+_EPS = 1e-6
+
+
+class LengthNorm(nn.Module):
+    """Per-position L2 normalisation over channels, scaled so each element has unit RMS (Hinton's FF)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return x * torch.rsqrt(x.float().square().mean(1, keepdim=True) + _EPS).to(x.dtype) \
+            if c > 0 else x
+
+
+class ChannelLayerNorm(nn.Module):
+    """Per-position LayerNorm over channels without affine parameters; works on NCHW and NC."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return F.layer_norm(x, x.shape[1:], eps=_EPS)
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=_EPS).permute(0, 3, 1, 2)
+
+
+UNIT_NORMS = {'length': LengthNorm, 'layernorm': ChannelLayerNorm, 'none': nn.Identity}
+
+
+def create_unit_norm(kind: str) -> nn.Module:
+    """Build a between-unit norm by name ('length', 'layernorm' or 'none')."""
+    if kind not in UNIT_NORMS:
+        raise unknown_choice('unit norm', kind, UNIT_NORMS)
+    return UNIT_NORMS[kind]()

@@ -1,0 +1,281 @@
+"""Base class of every timm_ff backbone: an ordered list of local units with goodness heads.
+
+A model is a sequence of *local units*. Unit 0 holds the stem (and, for classic FF models, the
+label code); every later unit starts with the between-unit norm. Each unit ends in a
+:class:`~timm_ff.layers.GoodnessHead` that reads the unit's raw activation. The model never
+detaches anything: locality (no gradient across a unit boundary) lives in :mod:`timm_ff.task`.
+
+The timm model contract is honoured: ``forward_features`` returns the last unit's unpooled
+activation, ``forward_head(x, pre_logits)`` pools it and (``pre_logits=False``) applies the last
+unit's head, ``model(x)`` returns the *fused* logits of the last M units, ``reset_classifier``
+rebuilds every unit's head, and ``feature_info`` lists one entry per unit.
+"""
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
+
+from ..errors import ConfigError, unknown_choice
+from ..layers import (
+    FUSION_MODES, GOODNESS_MODES, GOODNESS_REDUCE, HEAD_PROJ, TEMPERATURES, UNIT_NORMS,
+    GoodnessHead, LogitFusion, create_temperature, create_unit_norm,
+)
+
+__all__ = ['FF_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS']
+
+# The DTG-FF parts, each switchable by one model kwarg. These change what forward() computes,
+# so they are model kwargs (saved in config.json) rather than objective or recipe settings.
+FF_KWARGS = dict(
+    label_embed=False,  # classic FF: the label is embedded at the input (stem output) and labels are scored
+    goodness='channel',  # goodness vector: 'channel' groups, spatial 'patch' grid, or 'channel_patch'
+    goodness_groups=0,  # channel groups (0: one per channel)
+    goodness_patches=2,  # patch grid side for 'patch' goodness
+    goodness_reduce='mean',  # 'mean' or 'sum' of squares
+    head_proj='learned',  # goodness -> K logits: 'learned' linear or 'fixed' random map
+    temperature='dynamic',  # 'dynamic' (clarity stats -> bounded, EMA-smoothed T) or 'fixed'
+    t_min=0.5,  # lower bound of the dynamic temperature
+    t_max=4.0,  # upper bound of the dynamic temperature
+    t_init=1.0,  # initial (and, for 'fixed', constant) temperature
+    t_momentum=0.9,  # EMA momentum of the temperature history
+    unit_norm='layernorm',  # norm of the tensor handed to the next unit: 'layernorm', 'length', 'none'
+    decoupled=True,  # goodness from the raw activation (True) or from the handed-on normalised one
+    fusion='learned',  # 'learned' weights, 'mean' of units, or 'last' unit only
+    fuse_last=0,  # M: fuse the last M units (0: all)
+)
+DTGFF_DEFAULTS = dict(FF_KWARGS)
+# Classic FF (Hinton 2022): label in the input, scalar mean-square goodness, length norm between
+# units, fixed T, goodness summed (averaged) over all units to score each label.
+FF_DEFAULTS = dict(FF_KWARGS, label_embed=True, temperature='fixed', unit_norm='length', fusion='mean')
+
+_CHOICES = dict(goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
+                temperature=tuple(TEMPERATURES), unit_norm=tuple(UNIT_NORMS), fusion=FUSION_MODES)
+
+
+def check_ff_kwargs(ff_kwargs: Dict, family_kwargs: Sequence[str]) -> Dict:
+    """Validate FF kwargs: unknown keys and unknown choices name the bad value and the allowed ones."""
+    unknown = [k for k in ff_kwargs if k not in FF_KWARGS]
+    if unknown:
+        raise unknown_choice('model kwarg', unknown[0], list(FF_KWARGS) + list(family_kwargs))
+    for key, allowed in _CHOICES.items():
+        if key in ff_kwargs and ff_kwargs[key] not in allowed:
+            raise unknown_choice(f'value for {key}', ff_kwargs[key], allowed)
+    return ff_kwargs
+
+
+class LocalUnit(nn.Module):
+    """One locally trained unit: [in_norm] -> [stem (+ label code)] -> body, plus its goodness head."""
+
+    def __init__(
+            self,
+            body: nn.Module,
+            head: GoodnessHead,
+            in_norm: Optional[nn.Module] = None,
+            stem: Optional[nn.Module] = None,
+            label_embed: Optional[nn.Embedding] = None,
+    ):
+        super().__init__()
+        self.in_norm = in_norm if in_norm is not None else nn.Identity()
+        self.stem = stem
+        self.label_embed = label_embed
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, with_logits: bool = False):
+        """Raw activation of this unit; with ``with_logits`` also the head output.
+
+        Args:
+            x: The previous unit's raw activation (the image for unit 0).
+            labels: Labels to embed (classic FF, unit 0 only); None embeds nothing.
+            with_logits: Also return the head's output (tempered (B, K) logits, or scalar goodness).
+        """
+        x = self.in_norm(x)
+        if self.stem is not None:
+            x = self.stem(x)
+        if labels is not None:
+            if self.label_embed is None:
+                raise ConfigError('labels were given to a unit that has no label code (label_embed=False)')
+            code = self.label_embed(labels).to(x.dtype)
+            x = x + code.reshape(*code.shape, *([1] * (x.ndim - 2)))
+        h = self.body(x)
+        if with_logits:
+            return h, self.head(h)
+        return h
+
+
+class FFNet(nn.Module):
+    """Shared machinery of the FF backbones; families build the unit bodies."""
+
+    def _build_units(
+            self,
+            stem: nn.Module,
+            stem_chs: int,
+            bodies: List[nn.Module],
+            chs: List[int],
+            reductions: List[int],
+            num_classes: int,
+            in_chans: int,
+            global_pool: str,
+            spatial: bool,
+            ff_kwargs: Dict,
+            family_kwargs: Dict,
+    ):
+        cfg = dict(FF_KWARGS)
+        cfg.update(ff_kwargs)
+        self.ff_cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.spatial = spatial
+        self.label_embed_enabled = bool(cfg['label_embed'])
+        self.num_features = self.head_hidden_size = chs[-1]
+        self.model_args = dict(family_kwargs, num_classes=num_classes, in_chans=in_chans,
+                               global_pool=global_pool, **ff_kwargs)
+        units = []
+        for u, (body, c) in enumerate(zip(bodies, chs)):
+            units.append(LocalUnit(
+                body=body,
+                head=self._make_head(c),
+                in_norm=create_unit_norm(cfg['unit_norm']) if u > 0 else None,
+                stem=stem if u == 0 else None,
+                label_embed=self._make_label_embed(stem_chs) if u == 0 else None,
+            ))
+        self.units = nn.ModuleList(units)  # registered first: timm's FeatureListNet walks children in order
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool)) if spatial else nn.Identity()
+        self.fusion = LogitFusion(len(units), cfg['fusion'], cfg['fuse_last'])
+        self._stem_chs = stem_chs
+        self.feature_info = [dict(num_chs=c, reduction=r, module=f'units.{u}')
+                             for u, (c, r) in enumerate(zip(chs, reductions))]
+        self._min_size = reductions[-1] if spatial else 1
+
+    def _make_head(self, chs: int) -> GoodnessHead:
+        cfg = self.ff_cfg
+        temp = None
+        if not self.label_embed_enabled:
+            t_kwargs = dict(t_init=cfg['t_init'])
+            if cfg['temperature'] == 'dynamic':
+                t_kwargs.update(t_min=cfg['t_min'], t_max=cfg['t_max'], momentum=cfg['t_momentum'])
+            temp = create_temperature(cfg['temperature'], **t_kwargs)
+        return GoodnessHead(
+            chs,
+            num_classes=0 if self.label_embed_enabled else self.num_classes,
+            mode=cfg['goodness'],
+            groups=cfg['goodness_groups'],
+            patches=cfg['goodness_patches'],
+            reduce=cfg['goodness_reduce'],
+            proj=cfg['head_proj'],
+            temperature=temp,
+            coupled_norm=None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm']),
+            spatial=self.spatial,
+        )
+
+    def _make_label_embed(self, dim: int) -> Optional[nn.Embedding]:
+        if not self.label_embed_enabled or self.num_classes <= 0:
+            return None
+        emb = nn.Embedding(self.num_classes, dim)
+        nn.init.normal_(emb.weight, std=1.0)
+        return emb
+
+    # ----------------------------------------------------------------------------- local units
+    def local_units(self) -> List[LocalUnit]:
+        """The ordered trainable units (the stem is folded into the first)."""
+        return list(self.units)
+
+    def check_input(self, x: torch.Tensor):
+        """Raise a clear error for a wrong channel count or an input too small for the unit strides."""
+        if self.spatial:
+            if x.ndim != 4 or x.shape[1] != self.in_chans:
+                raise ValueError(f'expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}')
+            if min(x.shape[-2:]) < self._min_size:
+                raise ValueError(f'input size {tuple(x.shape[-2:])} is smaller than the total stride '
+                                 f'{self._min_size} of this model; use at least {self._min_size}x{self._min_size}')
+
+    def forward_units(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Raw activations of every unit (no detach: see timm_ff.task for local training)."""
+        self.check_input(x)
+        feats = []
+        for u, unit in enumerate(self.units):
+            x = unit(x, labels=labels if u == 0 else None)
+            feats.append(x)
+        return feats
+
+    def forward_unit_logits(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """(B, K) class logits of every unit.
+
+        Models with heads map each unit's goodness to logits in one pass. Classic FF models
+        (``label_embed=True``) run the network once per label and use each unit's goodness as
+        that label's score.
+        """
+        if self.num_classes <= 0:
+            raise ConfigError('this model has no classifier (num_classes=0); reset_classifier(K) first')
+        if not self.label_embed_enabled:
+            self.check_input(x)
+            out = []
+            for unit in self.units:
+                x, z = unit(x, with_logits=True)
+                out.append(z)
+            return out
+        B, K = x.shape[0], self.num_classes
+        xs = x.repeat_interleave(K, dim=0)
+        labels = torch.arange(K, device=x.device).repeat(B)
+        self.check_input(xs)
+        out = []
+        for u, unit in enumerate(self.units):
+            xs, g = unit(xs, labels=labels if u == 0 else None, with_logits=True)
+            out.append(g.reshape(B, K))
+        return out
+
+    # ----------------------------------------------------------------------------- timm contract
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last unit's raw, unpooled activation (NCHW; NC for MLPs)."""
+        return self.forward_units(x)[-1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features (``pre_logits``) or the last unit's logits from its activation ``x``.
+
+        ``model(x)`` fuses the last M units; with ``fusion='last'`` the two agree.
+        """
+        if pre_logits or self.num_classes <= 0:
+            return self.global_pool(x)
+        if self.label_embed_enabled:
+            raise ConfigError('classic FF models score labels by re-running the network with each label '
+                              'embedded; use model(x) or forward_unit_logits(x), not forward_head')
+        return self.units[-1].head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused class logits (B, K); pooled features when ``num_classes == 0``."""
+        if self.num_classes <= 0:
+            return self.forward_head(self.forward_features(x))
+        return self.fusion(self.forward_unit_logits(x))
+
+    def get_classifier(self) -> nn.Module:
+        if self.label_embed_enabled:
+            return self.units[0].label_embed
+        return self.units[-1].head.proj
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """Rebuild every unit's head (and the label code) for ``num_classes``; 0 leaves features only."""
+        self.num_classes = num_classes
+        self.model_args['num_classes'] = num_classes
+        if global_pool is not None and self.spatial:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+            self.model_args['global_pool'] = global_pool
+        for unit in self.units:
+            unit.head.reset(0 if self.label_embed_enabled else num_classes)
+        self.units[0].label_embed = self._make_label_embed(self._stem_chs)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(stem=r'^units\.0\.(stem|label_embed)', blocks=r'^units\.(\d+)' if coarse else [
+            (r'^units\.(\d+)\.(in_norm|body)', None), (r'^units\.(\d+)\.head', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        if enable:
+            raise NotImplementedError('FF units are trained one at a time; use --local-backward per_unit '
+                                      'to bound activation memory instead of gradient checkpointing')
+
+
+def sequential(**modules) -> nn.Sequential:
+    """An nn.Sequential with named children (keeps state-dict keys readable)."""
+    return nn.Sequential(OrderedDict(modules))

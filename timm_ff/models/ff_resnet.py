@@ -1,0 +1,172 @@
+"""Forward-Forward ResNets: DTG-FF and classic FF on a ResNet-18/34 topology.
+
+DTG-FF follows "Synthetic Benchmarks Overstate Forward-Forward Scaling" (arXiv 2606.06539):
+dynamic temperature goodness, decoupled normalisation and multi-layer fusion on an FF CNN trained
+strictly layer-locally. The paper's body is not public; the concrete parts are this project's
+design (see README, "DTG-FF as implemented"). Classic FF follows Hinton, "The Forward-Forward
+Algorithm" (2022).
+
+Each residual block (``unit_size='block'``) or stage (``'stage'``) is one local unit; the stem is
+folded into the first. ``stem='cifar'`` is a 3x3 stride-1 conv for 32x32 inputs, ``'imagenet'`` the
+7x7 stride-2 conv + max-pool for 224x224; by default it follows the pretrained tag's input size.
+Blocks are timm's own :class:`timm.models.resnet.BasicBlock`.
+"""
+from typing import Optional, Tuple
+
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models.resnet import BasicBlock, downsample_conv
+
+from ..errors import unknown_choice
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, sequential
+from ._hub_org import CIFAR10_CLASSES, HUB_ORG
+
+__all__ = ['FFResNet']
+
+STEMS = ('cifar', 'imagenet')
+UNIT_SIZES = ('block', 'stage')
+_FAMILY_KWARGS = ('layers', 'channels', 'stem', 'unit_size', 'num_classes', 'in_chans', 'global_pool')
+
+
+class FFResNet(FFNet):
+    """ResNet (BasicBlock) backbone trained as a sequence of local units."""
+
+    def __init__(
+            self,
+            layers: Tuple[int, ...] = (2, 2, 2, 2),
+            channels: Tuple[int, ...] = (64, 128, 256, 512),
+            stem: str = 'cifar',
+            unit_size: str = 'block',
+            num_classes: int = 10,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            **ff_kwargs,
+    ):
+        """
+        Args:
+            layers: Blocks per stage.
+            channels: Channels per stage.
+            stem: 'cifar' (3x3 conv, stride 1) or 'imagenet' (7x7 conv stride 2 + max-pool).
+            unit_size: 'block' (one unit per residual block) or 'stage'.
+            num_classes: K.
+            in_chans: Input channels.
+            global_pool: timm pool type for ``forward_head`` ('' keeps NCHW).
+            **ff_kwargs: DTG-FF / FF switches, see :data:`timm_ff.models.FF_KWARGS`.
+        """
+        super().__init__()
+        check_ff_kwargs(ff_kwargs, _FAMILY_KWARGS)
+        if stem not in STEMS:
+            raise unknown_choice('stem', stem, STEMS)
+        if unit_size not in UNIT_SIZES:
+            raise unknown_choice('unit_size', unit_size, UNIT_SIZES)
+        if len(layers) != len(channels):
+            raise ValueError(f'layers {layers} and channels {channels} must have the same length')
+        c0 = channels[0]
+        if stem == 'cifar':
+            stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 3, 1, 1, bias=False), bn=nn.BatchNorm2d(c0),
+                                  act=nn.ReLU(inplace=True))
+            reduction = 1
+        else:
+            stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 7, 2, 3, bias=False), bn=nn.BatchNorm2d(c0),
+                                  act=nn.ReLU(inplace=True), pool=nn.MaxPool2d(3, 2, 1))
+            reduction = 4
+        blocks, chs, reds = [], [], []
+        inplanes = c0
+        stages = []
+        for s, (n, planes) in enumerate(zip(layers, channels)):
+            stage = []
+            for b in range(n):
+                stride = 2 if (s > 0 and b == 0) else 1
+                down = None
+                if stride != 1 or inplanes != planes:
+                    down = downsample_conv(inplanes, planes, kernel_size=1, stride=stride,
+                                           norm_layer=nn.BatchNorm2d)
+                stage.append(BasicBlock(inplanes, planes, stride=stride, downsample=down))
+                inplanes = planes
+                reduction *= stride
+                if unit_size == 'block':
+                    blocks.append(stage[-1])
+                    chs.append(planes)
+                    reds.append(reduction)
+            stages.append(stage)
+            if unit_size == 'stage':
+                blocks.append(nn.Sequential(*stage))
+                chs.append(planes)
+                reds.append(reduction)
+        family = dict(layers=list(layers), channels=list(channels), stem=stem, unit_size=unit_size)
+        self._build_units(stem_mod, c0, blocks, chs, reds, num_classes, in_chans, global_pool,
+                          spatial=True, ff_kwargs=ff_kwargs, family_kwargs=family)
+
+
+def _create_ff_resnet(variant: str, pretrained: bool = False, defaults: Optional[dict] = None, **kwargs):
+    """Build an FFResNet through timm's builder; ``stem`` follows the tag's input size unless given."""
+    if 'stem' not in kwargs:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        kwargs['stem'] = 'cifar' if max(cfg.input_size[-2:]) <= 64 else 'imagenet'
+    for k, v in (defaults or {}).items():
+        kwargs.setdefault(k, v)
+    layers = kwargs.get('layers', (2, 2, 2, 2))
+    if kwargs.get('unit_size', 'block') == 'stage':
+        out_indices = tuple(range(len(layers)))
+    else:  # the last block unit of each stage, like timm's ResNet feature levels
+        out_indices = tuple(sum(layers[:s + 1]) - 1 for s in range(len(layers)))
+    return build_model_with_cfg(
+        FFResNet, variant, pretrained,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', num_units: int = 8, label_embed: bool = False, **kwargs):
+    classifier = 'units.0.label_embed' if label_embed else tuple(f'units.{u}.head.proj' for u in range(num_units))
+    return {
+        'url': url, 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (4, 4),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.4914, 0.4822, 0.4465),
+        'std': (0.2470, 0.2435, 0.2616), 'first_conv': 'units.0.stem.conv', 'classifier': classifier,
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2606.06539', **kwargs,
+    }
+
+
+def _tags(arch: str, num_units: int, label_embed: bool, tags=('cifar10', 'cifar100', 'imagenet100')) -> dict:
+    base = dict(num_units=num_units, label_embed=label_embed)
+    data = {
+        'cifar10': dict(label_names=CIFAR10_CLASSES),
+        'cifar100': dict(num_classes=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+        'imagenet100': dict(num_classes=100, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                            interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    }
+    return {f'{arch}.{t}': _cfg(hf_hub_id=f'{HUB_ORG}/{arch}.{t}', **base, **data[t]) for t in tags}
+
+
+default_cfgs = generate_default_cfgs({
+    **_tags('dtgff_resnet18', 8, False),
+    **_tags('dtgff_resnet34', 16, False),
+    **_tags('ff_resnet18', 8, True),
+    **_tags('ff_resnet34', 16, True),
+})
+
+
+@register_model
+def dtgff_resnet18(pretrained: bool = False, **kwargs) -> FFResNet:
+    """DTG-FF ResNet-18 (8 block units)."""
+    return _create_ff_resnet('dtgff_resnet18', pretrained, DTGFF_DEFAULTS, layers=(2, 2, 2, 2), **kwargs)
+
+
+@register_model
+def dtgff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
+    """DTG-FF ResNet-34 (16 block units)."""
+    return _create_ff_resnet('dtgff_resnet34', pretrained, DTGFF_DEFAULTS, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def ff_resnet18(pretrained: bool = False, **kwargs) -> FFResNet:
+    """Classic FF ResNet-18 (label in the input, threshold goodness)."""
+    return _create_ff_resnet('ff_resnet18', pretrained, FF_DEFAULTS, layers=(2, 2, 2, 2), **kwargs)
+
+
+@register_model
+def ff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
+    """Classic FF ResNet-34 (label in the input, threshold goodness)."""
+    return _create_ff_resnet('ff_resnet34', pretrained, FF_DEFAULTS, layers=(3, 4, 6, 3), **kwargs)

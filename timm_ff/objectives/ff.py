@@ -1,0 +1,46 @@
+"""Classic Forward-Forward (Hinton, 2022).
+
+The label is embedded at the input; the positive pass carries the true label, the negative pass a
+uniformly drawn wrong one. Each unit pushes its scalar goodness above ``threshold`` on positives
+and below it on negatives: ``softplus(-(g_pos - theta)) + softplus(g_neg - theta)``. The two passes
+are separate forward calls, so they never share BatchNorm batch statistics. Prediction scores every
+label (see ``FFNet.forward_unit_logits``).
+"""
+import torch
+import torch.nn.functional as F
+
+from ._base import Objective, register_objective
+
+
+@register_objective('ff')
+class FFObjective(Objective):
+    """Positive/negative goodness-threshold loss per unit."""
+    local = True
+    label_embed = True
+
+    def __init__(self, threshold: float = 1.0, neg_weight: float = 1.0):
+        """
+        Args:
+            threshold: theta, in units of the model's goodness (mean of squares by default).
+            neg_weight: Weight of the negative term.
+        """
+        self.threshold = threshold
+        self.neg_weight = neg_weight
+
+    def init_state(self, x, targets, num_classes):
+        offset = torch.randint(1, num_classes, targets.shape, device=targets.device)
+        negatives = (targets + offset) % num_classes
+        return dict(pos=x, neg=x, pos_labels=targets, neg_labels=negatives)
+
+    def unit_forward(self, unit, u, state):
+        first = u == 0
+        hp, gp = unit(state['pos'], labels=state['pos_labels'] if first else None, with_logits=True)
+        hn, gn = unit(state['neg'], labels=state['neg_labels'] if first else None, with_logits=True)
+        return dict(pos=hp, neg=hn, pos_labels=None, neg_labels=None), (gp, gn)
+
+    def unit_loss(self, u, num_units, out, targets):
+        gp, gn = out
+        return (F.softplus(self.threshold - gp.float()) + self.neg_weight * F.softplus(gn.float() - self.threshold)).mean()
+
+    def unit_logits(self, out):
+        return None
