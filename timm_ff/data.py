@@ -10,6 +10,7 @@ Transforms come from timm (``timm.data.create_transform``) and follow the model'
 from __future__ import annotations
 
 import inspect
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from timm_ff.errors import DataError
 
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
-    'make_transform', 'create_loaders', 'SAMPLE_DIR',
+    'make_transform', 'create_loaders', 'set_augmentation_epoch', 'SAMPLE_DIR',
 ]
 
 SAMPLE_DIR = Path(__file__).resolve().parent / '_sample' / 'cifar10-tiny'
@@ -331,18 +332,50 @@ def make_transform(data_config: dict, is_training: bool, in_chans: int = 3, **kw
     return timm.data.create_transform(**cfg, is_training=is_training, **kwargs)
 
 
+_INDEX_COLUMN = '__row_index__'
+
+
 @dataclass
 class _BatchTransform:
-    """Picklable ``Dataset.with_transform`` function: PIL images -> tensors, labels passed through."""
+    """Picklable ``Dataset.with_transform`` function: PIL images -> tensors, labels passed through.
+
+    With ``seed`` set, each sample's random augmentation is drawn from generators seeded by
+    ``(seed, epoch, row index)`` instead of the process-global ones. Augmentation then does not
+    depend on worker count or on how far the loader prefetched, which is what makes a resumed run
+    (``accelerator.skip_first_batches``) see exactly the images an uninterrupted run saw.
+    """
 
     transform: Any
     image_column: str
     label_column: str
     mode: str
+    seed: int | None = None
+    epoch: int = 0
+
+    def _one(self, img: Any, index: int | None) -> torch.Tensor:
+        img = img.convert(self.mode)
+        if self.seed is None or index is None:
+            return self.transform(img)
+        sample_seed = hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(sample_seed)
+            torch.manual_seed(sample_seed)
+            out = self.transform(img)
+        random.setstate(py_state)
+        return out
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        images = [self.transform(img.convert(self.mode)) for img in batch[self.image_column]]
+        indices = batch.get(_INDEX_COLUMN) or [None] * len(batch[self.image_column])
+        images = [self._one(img, i) for img, i in zip(batch[self.image_column], indices)]
         return {'pixel_values': images, 'label': batch[self.label_column]}
+
+
+def set_augmentation_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the training loader's transform which epoch it is in (seeds per-sample augmentation)."""
+    tf = getattr(loader, 'batch_transform', None)
+    if tf is not None:
+        tf.epoch = epoch
 
 
 def _collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,7 +398,7 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
         num_workers: DataLoader worker processes.
         in_chans: Model input channels; images are converted to 'RGB' (3) or 'L' (1).
         train_transform_kwargs: Extra ``timm.data.create_transform`` arguments for training only.
-        seed: Seed of the generator that shuffles the training set.
+        seed: Seed of the generator that shuffles the training set and of per-sample augmentation.
         drop_last: Drop the last incomplete training batch.
 
     Returns:
@@ -384,11 +417,16 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
     train_tf = make_transform(data_config, True, in_chans, **(train_transform_kwargs or {}))
     eval_tf = make_transform(data_config, False, in_chans)
     cols = [data.image_column, data.label_column]
-    train_ds = data.train.with_transform(_BatchTransform(train_tf, *cols, mode), columns=cols)
+    train_split = data.train
+    if _INDEX_COLUMN not in train_split.column_names:
+        train_split = train_split.add_column(_INDEX_COLUMN, list(range(len(train_split))))
+    train_tf_fn = _BatchTransform(train_tf, *cols, mode, seed=seed)
+    train_ds = train_split.with_transform(train_tf_fn, columns=cols + [_INDEX_COLUMN])
     eval_ds = data.eval.with_transform(_BatchTransform(eval_tf, *cols, mode), columns=cols)
-    common = dict(num_workers=num_workers, collate_fn=_collate, persistent_workers=num_workers > 0,
-                  pin_memory=torch.cuda.is_available())
+    # workers are not persistent: each epoch's workers must see the transform's new epoch
+    common = dict(num_workers=num_workers, collate_fn=_collate, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last,
                               generator=torch.Generator().manual_seed(seed), **common)
+    train_loader.batch_transform = train_tf_fn
     eval_loader = DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
     return train_loader, eval_loader

@@ -28,6 +28,7 @@ __all__ = ['FF_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS']
 # The DTG-FF parts, each switchable by one model kwarg. These change what forward() computes,
 # so they are model kwargs (saved in config.json) rather than objective or recipe settings.
 FF_KWARGS = dict(
+    norm='batchnorm',  # norm inside units: 'batchnorm' or 'none' (classic FF: BN would fix each pass's energy)
     label_embed=False,  # classic FF: the label is embedded at the input (stem output) and labels are scored
     goodness='channel',  # goodness vector: 'channel' groups, spatial 'patch' grid, or 'channel_patch'
     goodness_groups=0,  # channel groups (0: one per channel)
@@ -47,9 +48,9 @@ FF_KWARGS = dict(
 DTGFF_DEFAULTS = dict(FF_KWARGS)
 # Classic FF (Hinton 2022): label in the input, scalar mean-square goodness, length norm between
 # units, fixed T, goodness summed (averaged) over all units to score each label.
-FF_DEFAULTS = dict(FF_KWARGS, label_embed=True, temperature='fixed', unit_norm='length', fusion='mean')
+FF_DEFAULTS = dict(FF_KWARGS, norm='none', label_embed=True, temperature='fixed', unit_norm='length', fusion='mean')
 
-_CHOICES = dict(goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
+_CHOICES = dict(norm=('batchnorm', 'none'), goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
                 temperature=tuple(TEMPERATURES), unit_norm=tuple(UNIT_NORMS), fusion=FUSION_MODES)
 
 
@@ -274,6 +275,13 @@ class FFNet(nn.Module):
         if enable:
             raise NotImplementedError('FF units are trained one at a time; use --local-backward per_unit '
                                       'to bound activation memory instead of gradient checkpointing')
+
+
+def norm_layer(norm: str, dims: int = 2):
+    """The norm class a family puts inside its units ('none' gives an identity with the same signature)."""
+    if norm == 'none':
+        return nn.Identity
+    return nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
 
 
 def sequential(**modules) -> nn.Sequential:

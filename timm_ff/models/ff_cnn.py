@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFCNN']
@@ -17,8 +17,9 @@ __all__ = ['FFCNN']
 _FAMILY_KWARGS = ('channels', 'convs_per_unit', 'num_classes', 'in_chans', 'global_pool')
 
 
-def _conv_bn_act(cin: int, cout: int) -> nn.Sequential:
-    return sequential(conv=nn.Conv2d(cin, cout, 3, 1, 1, bias=False), bn=nn.BatchNorm2d(cout),
+def _conv_bn_act(cin: int, cout: int, norm: str) -> nn.Sequential:
+    norm_cls = norm_layer(norm)
+    return sequential(conv=nn.Conv2d(cin, cout, 3, 1, 1, bias=norm_cls is nn.Identity), bn=norm_cls(cout),
                       act=nn.ReLU(inplace=True))
 
 
@@ -47,14 +48,15 @@ class FFCNN(FFNet):
         check_ff_kwargs(ff_kwargs, _FAMILY_KWARGS)
         if convs_per_unit < 1:
             raise ValueError(f'convs_per_unit must be >= 1, got {convs_per_unit}')
-        stem = _conv_bn_act(in_chans, channels[0])
+        norm = ff_kwargs.get('norm', 'batchnorm')
+        stem = _conv_bn_act(in_chans, channels[0], norm)
         bodies, reds = [], []
         cin = channels[0]
         for u, c in enumerate(channels):
             layers = [] if u == 0 else [nn.MaxPool2d(2)]
             n = convs_per_unit - 1 if u == 0 else convs_per_unit
             for _ in range(n):
-                layers.append(_conv_bn_act(cin, c))
+                layers.append(_conv_bn_act(cin, c, norm))
                 cin = c
             bodies.append(nn.Sequential(*layers))
             reds.append(2 ** u)

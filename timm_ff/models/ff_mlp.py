@@ -1,6 +1,6 @@
 """Forward-Forward MLPs for vector inputs and flattened small images (MNIST, teacher-student tasks).
 
-Each unit is ``[LayerNorm/length norm if u > 0] -> Linear -> ReLU``. Images are flattened, so
+Each unit is ``[LayerNorm/length norm if u > 0] -> Linear -> [BatchNorm] -> ReLU``. Images are flattened, so
 ``in_features`` defaults to ``in_chans * img_size**2``; pass ``in_features`` for plain vectors
 (e.g. the synthetic teacher-student tasks, input (B, D)). Features are (B, C): this is a
 non-spatial model in timm's sense (``forward_features`` returns NC, not NCHW).
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import HUB_ORG
 
 __all__ = ['FFMLP']
@@ -47,8 +47,9 @@ class FFMLP(FFNet):
         d_in = in_features or in_chans * img_size * img_size
         self.in_features = d_in
         bodies, cin = [], d_in
+        norm = norm_layer(ff_kwargs.get('norm', 'batchnorm'), dims=1)
         for w in widths:
-            bodies.append(sequential(fc=nn.Linear(cin, w), act=nn.ReLU(inplace=True)))
+            bodies.append(sequential(fc=nn.Linear(cin, w), bn=norm(w), act=nn.ReLU(inplace=True)))
             cin = w
         family = dict(widths=list(widths), in_features=in_features, img_size=img_size)
         self._build_units(nn.Flatten(1), d_in, bodies, list(widths), [1] * len(widths), num_classes,

@@ -19,7 +19,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from ..errors import unknown_choice
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFResNet']
@@ -63,12 +63,14 @@ class FFResNet(FFNet):
         if len(layers) != len(channels):
             raise ValueError(f'layers {layers} and channels {channels} must have the same length')
         c0 = channels[0]
+        norm = norm_layer(ff_kwargs.get('norm', 'batchnorm'))
+        bias = norm is nn.Identity  # without a norm the convs need their own bias
         if stem == 'cifar':
-            stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 3, 1, 1, bias=False), bn=nn.BatchNorm2d(c0),
+            stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 3, 1, 1, bias=bias), bn=norm(c0),
                                   act=nn.ReLU(inplace=True))
             reduction = 1
         else:
-            stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 7, 2, 3, bias=False), bn=nn.BatchNorm2d(c0),
+            stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 7, 2, 3, bias=bias), bn=norm(c0),
                                   act=nn.ReLU(inplace=True), pool=nn.MaxPool2d(3, 2, 1))
             reduction = 4
         blocks, chs, reds = [], [], []
@@ -81,8 +83,8 @@ class FFResNet(FFNet):
                 down = None
                 if stride != 1 or inplanes != planes:
                     down = downsample_conv(inplanes, planes, kernel_size=1, stride=stride,
-                                           norm_layer=nn.BatchNorm2d)
-                stage.append(BasicBlock(inplanes, planes, stride=stride, downsample=down))
+                                           norm_layer=norm)
+                stage.append(BasicBlock(inplanes, planes, stride=stride, downsample=down, norm_layer=norm))
                 inplanes = planes
                 reduction *= stride
                 if unit_size == 'block':

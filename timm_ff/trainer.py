@@ -1,0 +1,301 @@
+"""The Accelerate training loop for layer-local (and end-to-end baseline) training.
+
+No FF maths lives here: :class:`timm_ff.task.LocalTask` runs the units under the objective. This
+module prepares each unit as its own module (so DDP/FSDP synchronise every backward), steps timm's
+optimiser and scheduler, clips gradients per unit, evaluates per-unit and fused accuracy with
+``gather_for_metrics``, logs through Accelerate trackers and checkpoints with ``save_state``.
+"""
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker, on_main_process
+from tqdm.auto import tqdm
+
+from .data import set_augmentation_epoch
+from .errors import CheckpointError
+from .task import LocalTask
+
+__all__ = ['JSONLinesTracker', 'TrainState', 'LocalTrainer', 'find_checkpoint', 'write_json_atomic']
+
+CHECKPOINT_DIR = 'checkpoints'
+_STATE_FILE = 'train_state.json'
+
+
+class JSONLinesTracker(GeneralTracker):
+    """Accelerate tracker writing one JSON object per ``log`` call to ``<dir>/log.jsonl``."""
+    name = 'jsonl'
+    requires_logging_directory = True
+
+    @on_main_process
+    def __init__(self, run_name: str, logging_dir: str):
+        super().__init__()
+        self.run_name = run_name
+        Path(logging_dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(logging_dir) / 'log.jsonl'
+
+    @property
+    def tracker(self):
+        return self.path
+
+    @on_main_process
+    def store_init_configuration(self, values: dict):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps({'config': values}, default=str) + '\n')
+
+    @on_main_process
+    def log(self, values: dict, step: Optional[int] = None, **kwargs):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps({'step': step, **values}, default=str) + '\n')
+
+
+class TrainState:
+    """Where the run is: saved with every checkpoint through ``register_for_checkpointing``."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        return dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step)
+
+    def load_state_dict(self, state: Dict[str, int]):
+        self.epoch, self.step_in_epoch, self.global_step = state['epoch'], state['step_in_epoch'], state['global_step']
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    tmp = Path(str(path) + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + '\n')
+    os.replace(tmp, path)
+
+
+def find_checkpoint(path: str) -> Path:
+    """Resolve ``--resume``: a checkpoint folder, or a run folder whose newest complete checkpoint is used."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f'--resume {path!r} is not a folder; pass a run output folder or one of its '
+                              f'{CHECKPOINT_DIR}/step_* folders')
+    if (p / _STATE_FILE).is_file():
+        return p
+    ckpts = sorted(q for q in (p / CHECKPOINT_DIR).glob('step_*') if (q / _STATE_FILE).is_file())
+    if not ckpts:
+        raise CheckpointError(f'--resume {path!r} holds no checkpoint (no {CHECKPOINT_DIR}/step_*/{_STATE_FILE}); '
+                              'pass the output folder of a run that saved at least one checkpoint')
+    return ckpts[-1]
+
+
+def peak_memory_mb(device: torch.device) -> Dict[str, float]:
+    """Peak memory so far: CUDA allocator peak on GPU, process max RSS on CPU."""
+    if device.type == 'cuda':
+        return dict(peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2 ** 20, memory_kind='cuda_max_allocated')
+    return dict(peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, memory_kind='cpu_max_rss')
+
+
+class LocalTrainer:
+    """Trains a timm_ff model under an objective with Accelerate."""
+
+    def __init__(
+            self,
+            *,
+            accelerator: Accelerator,
+            model: torch.nn.Module,
+            objective,
+            optimizer: torch.optim.Optimizer,
+            scheduler,
+            train_loader,
+            eval_loader,
+            epochs: int,
+            output_dir: Path,
+            local_backward: str = 'summed',
+            clip_grad: Optional[float] = None,
+            checkpoint_steps: int = 0,
+            keep_checkpoints: int = 2,
+            log_every: int = 20,
+            max_train_steps: int = 0,
+            progress: bool = True,
+    ):
+        """
+        Args:
+            accelerator: The run's Accelerator (mixed precision, accumulation, trackers set).
+            model: A timm_ff model (``local_units()``, ``fusion``, ``forward_unit_logits``).
+            objective: A registered objective.
+            optimizer: Optimiser over all the model's parameters (per-parameter state only).
+            scheduler: timm scheduler stepped per optimiser update (``step_update``), or None.
+            train_loader: Training DataLoader (not yet prepared).
+            eval_loader: Eval DataLoader (not yet prepared).
+            epochs: Epochs to train.
+            output_dir: Run folder (checkpoints, logs, final weights).
+            local_backward: 'summed' or 'per_unit' (see :mod:`timm_ff.task`).
+            clip_grad: Max gradient norm, applied to each unit separately; None disables.
+            checkpoint_steps: Save a checkpoint every N optimiser steps (0: only at epoch ends).
+            keep_checkpoints: How many checkpoints to keep.
+            log_every: Log training losses every N optimiser steps.
+            max_train_steps: Stop after this many optimiser steps in total (0: no limit).
+            progress: Show a tqdm bar on the main process.
+        """
+        self.acc = accelerator
+        self.model = model
+        self.objective = objective
+        self.epochs = epochs
+        self.output_dir = Path(output_dir)
+        self.clip_grad = clip_grad
+        self.checkpoint_steps = checkpoint_steps
+        self.keep_checkpoints = max(1, keep_checkpoints)
+        self.log_every = max(1, log_every)
+        self.max_train_steps = max_train_steps
+        self.progress = progress
+        self.scheduler = scheduler
+        self.state = TrainState()
+
+        model.to(accelerator.device)
+        units = model.local_units()
+        fusion = model.fusion if any(p.requires_grad for p in model.fusion.parameters()) else None
+        modules = units + ([fusion] if fusion is not None else [])
+        prepared = accelerator.prepare(*modules, optimizer, train_loader, eval_loader)
+        n = len(modules)
+        self.train_modules = list(prepared[:n])
+        self.units = self.train_modules[:len(units)]
+        self.optimizer, self.train_loader, self.eval_loader = prepared[n:]
+        self.augment_source = train_loader
+        self.task = LocalTask(self.units, objective, model.num_classes,
+                              fusion=self.train_modules[-1] if fusion is not None else None, mode=local_backward)
+        accelerator.register_for_checkpointing(self.state)
+        if scheduler is not None:
+            accelerator.register_for_checkpointing(scheduler)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self):
+        """``save_state`` into a temporary folder, then rename it into place (atomic on one filesystem)."""
+        root = self.output_dir / CHECKPOINT_DIR
+        final = root / f'step_{self.state.global_step:08d}'
+        tmp = root / f'.tmp_step_{self.state.global_step:08d}'
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            write_json_atomic(tmp / _STATE_FILE, self.state.state_dict())  # marks the checkpoint complete
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in sorted(root.glob('step_*'))[:-self.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+    def load_checkpoint(self, path: str):
+        ckpt = find_checkpoint(path)
+        try:
+            self.acc.load_state(str(ckpt))
+        except Exception as e:  # accelerate raises several types for missing/corrupt files
+            raise CheckpointError(f'could not load checkpoint {str(ckpt)!r}: {e}') from e
+        self.acc.print(f'resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.global_step})')
+
+    # ------------------------------------------------------------------ train / eval
+    def _clip(self):
+        if not self.clip_grad:
+            return
+        self.acc.unscale_gradients()
+        for module in self.train_modules:  # never a global norm across units: that would couple them
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.clip_grad)
+
+    def _done(self) -> bool:
+        return bool(self.max_train_steps) and self.state.global_step >= self.max_train_steps
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        self.model.train()
+        set_augmentation_epoch(self.augment_source, epoch)
+        self.train_loader.set_epoch(epoch)
+        loader = self.train_loader
+        if self.state.step_in_epoch:
+            loader = self.acc.skip_first_batches(self.train_loader, self.state.step_in_epoch)
+        bar = tqdm(total=len(self.train_loader), initial=self.state.step_in_epoch, desc=f'epoch {epoch}',
+                   disable=not (self.progress and self.acc.is_local_main_process), leave=False)
+        seen, t0, last = 0, time.perf_counter(), None
+        for x, y in loader:
+            with self.acc.accumulate(*self.train_modules):
+                last = self.task.step(x, y, self.acc.backward, self.acc.autocast)
+                if self.acc.sync_gradients:
+                    self._clip()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.state.step_in_epoch += 1
+            seen += x.shape[0] * self.acc.num_processes
+            bar.update(1)
+            if self.acc.sync_gradients:
+                self.state.global_step += 1
+                if self.scheduler is not None:
+                    self.scheduler.step_update(num_updates=self.state.global_step)
+                if self.state.global_step % self.log_every == 0:
+                    logs = {'train/loss': last.loss, 'lr': self.optimizer.param_groups[0]['lr']}
+                    logs.update({f'train/unit{u}_loss': v for u, v in enumerate(last.unit_losses)})
+                    self.acc.log(logs, step=self.state.global_step)
+                    bar.set_postfix(loss=f'{last.loss:.3f}')
+                if self.checkpoint_steps and self.state.global_step % self.checkpoint_steps == 0:
+                    self.save_checkpoint()
+                if self._done():
+                    break
+        bar.close()
+        dt = time.perf_counter() - t0
+        if self.scheduler is not None and self.state.step_in_epoch >= len(self.train_loader):
+            self.scheduler.step(epoch + 1)
+        return dict(train_time_s=dt, train_images=seen, train_loss=last.loss if last else float('nan'))
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """Per-unit and fused top-1 accuracy on the eval set, gathered over processes."""
+        self.model.eval()
+        correct, total = None, 0
+        for x, y in self.eval_loader:
+            with self.acc.autocast():
+                unit_logits = self.model.forward_unit_logits(x)
+                fused = self.model.fusion(unit_logits)
+            preds = torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
+            preds, y = self.acc.gather_for_metrics((preds, y))
+            hits = (preds == y[:, None]).sum(0)
+            correct = hits if correct is None else correct + hits
+            total += y.shape[0]
+        acc = (correct.float() / max(total, 1) * 100).tolist()
+        return dict(accuracy=acc[-1], unit_accuracy=acc[:-1], eval_images=total)
+
+    def fit(self, resume: Optional[str] = None) -> Dict:
+        """Train (resuming if asked), evaluate every epoch; returns the final metrics."""
+        if resume:
+            self.load_checkpoint(resume)
+        history: List[Dict] = []
+        train_time, train_images = 0.0, 0
+        wall0 = time.perf_counter()
+        while self.state.epoch < self.epochs and not self._done():
+            epoch = self.state.epoch
+            stats = self.train_epoch(epoch)
+            train_time += stats['train_time_s']
+            train_images += stats['train_images']
+            metrics = self.evaluate()
+            row = dict(epoch=epoch, step=self.state.global_step, **stats, **metrics)
+            history.append(row)
+            self.acc.log({'eval/accuracy': metrics['accuracy'], 'train/epoch_loss': stats['train_loss'],
+                          **{f'eval/unit{u}_accuracy': a for u, a in enumerate(metrics['unit_accuracy'])}},
+                         step=self.state.global_step)
+            self.acc.print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  fused acc {metrics['accuracy']:.2f}%  "
+                           f"units {' '.join(f'{a:.1f}' for a in metrics['unit_accuracy'])}  "
+                           f"({stats['train_images'] / max(stats['train_time_s'], 1e-9):.0f} img/s)")
+            if self.state.step_in_epoch >= len(self.train_loader):
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+            self.save_checkpoint()
+        final = history[-1] if history else dict(self.evaluate(), epoch=self.state.epoch, step=self.state.global_step)
+        return dict(
+            accuracy=final['accuracy'], unit_accuracy=final['unit_accuracy'], epochs_run=len(history),
+            global_step=self.state.global_step, train_images_per_s=train_images / train_time if train_time else None,
+            train_time_s=train_time, wall_time_s=time.perf_counter() - wall0, history=history,
+            num_processes=self.acc.num_processes, device=str(self.acc.device), **peak_memory_mb(self.acc.device),
+        )

@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Train a timm_ff model layer-locally (DTG-FF, classic FF) or end to end (BP, BP-DeepSup).
+
+    accelerate launch train_ff.py --model dtgff_resnet18 --dataset cifar10
+    accelerate launch train_ff.py -c hub_configs/dtgff_cnn_s.cifar10.yaml --data-dir ../shared/data/cifar10-jpeg
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train_ff.py --model ff_cnn_s
+
+A recipe (``-c``) sets the defaults, flags override it, unknown recipe keys are errors. Each run
+writes ``recipe.yaml``, ``run_info.json``, checkpoints, logs, ``model.safetensors`` + ``config.json``
+and, last, ``metrics.json`` into ``--output``.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+DEFAULT_OUTPUT_ROOT = 'output/train'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('-c', '--config', default='', help='recipe YAML (keys are the argument names below)')
+    g = p.add_argument_group('model and objective')
+    g.add_argument('--model', default='dtgff_cnn_s', help='timm_ff model name, optionally with a pretrained tag')
+    g.add_argument('--model-kwargs', default={}, type=json.loads, help='JSON dict of model kwargs (DTG-FF switches)')
+    g.add_argument('--objective', default='', help="dtg, ff, bp or bp_deepsup (default: the model's natural one)")
+    g.add_argument('--objective-kwargs', default={}, type=json.loads, help='JSON dict of objective kwargs')
+    g.add_argument('--pretrained', action='store_true', help="start from the tag's published weights")
+    g.add_argument('--initial-checkpoint', default='', help='safetensors file, run folder or hf-hub:ORG/NAME to start from')
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', default='cifar10', help='registered dataset name (see timm_ff.data.list_datasets)')
+    g.add_argument('--data-dir', default='', help='local HF parquet folder or imagefolder instead of the Hub')
+    g.add_argument('--label-column', default='', help='label column (e.g. coarse_label for CIFAR-100/20)')
+    g.add_argument('--image-column', default='', help='image column (auto-detected by default)')
+    g.add_argument('--train-split', default='', help='train split name')
+    g.add_argument('--eval-split', default='', help='eval split name')
+    g.add_argument('--in-chans', default=0, type=int, help='input channels (default: from the dataset)')
+    g.add_argument('--workers', default=0, type=int, help='DataLoader worker processes per process')
+    g.add_argument('--aug-scale', default=(0.35, 1.0), type=float, nargs=2, help='RandomResizedCrop scale range')
+    g.add_argument('--hflip', default=0.5, type=float, help='horizontal flip probability')
+    g.add_argument('--color-jitter', default=0.0, type=float, help='colour jitter strength (0: off)')
+    g = p.add_argument_group('optimisation')
+    g.add_argument('--epochs', default=2, type=int, help='epochs')
+    g.add_argument('--batch-size', default=64, type=int, help='batch size per process')
+    g.add_argument('--eval-batch-size', default=0, type=int, help='eval batch size (0: --batch-size)')
+    g.add_argument('--lr', default=2e-3, type=float, help='peak learning rate')
+    g.add_argument('--weight-decay', default=5e-4, type=float, help='decoupled weight decay')
+    g.add_argument('--opt', default='adamw', help='timm optimizer name')
+    g.add_argument('--sched', default='cosine', help="timm scheduler name ('none' for a constant lr)")
+    g.add_argument('--warmup-epochs', default=0, type=int, help='linear warm-up epochs')
+    g.add_argument('--min-lr', default=1e-5, type=float, help='final learning rate of the schedule')
+    g.add_argument('--clip-grad', default=0.0, type=float, help='max grad norm, per unit (0: off)')
+    g.add_argument('--grad-accum-steps', default=1, type=int, help='micro-batches per optimiser step')
+    g.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help='autocast precision')
+    g.add_argument('--local-backward', default='summed', choices=['summed', 'per_unit'],
+                   help='summed: one backward over all unit losses; per_unit: stream units, one backward each')
+    g.add_argument('--seed', default=0, type=int, help='seed (data order, augmentation, init)')
+    g.add_argument('--max-train-steps', default=0, type=int, help='stop after N optimiser steps (0: no limit)')
+    g = p.add_argument_group('outputs')
+    g.add_argument('--output', default='', help=f'run folder (default: {DEFAULT_OUTPUT_ROOT}/<model>-<objective>-<time>)')
+    g.add_argument('--resume', default='', help='run folder or checkpoint folder to continue from')
+    g.add_argument('--checkpoint-steps', default=0, type=int, help='also checkpoint every N optimiser steps')
+    g.add_argument('--keep-checkpoints', default=2, type=int, help='checkpoints to keep')
+    g.add_argument('--log-with', default='jsonl', choices=['jsonl', 'tensorboard', 'none'], help='Accelerate tracker')
+    g.add_argument('--log-every', default=20, type=int, help='log every N optimiser steps')
+    g.add_argument('--no-progress', action='store_true', help='no tqdm bar')
+    return p
+
+
+# recipe keys that only make sense on a command line
+_NOT_IN_RECIPE = ('config', 'resume', 'output')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from timm_ff.recipe import check_recipe_keys, load_recipe
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        recipe = load_recipe(pre.config)
+        dests = {a.dest for a in parser._actions} - set(_NOT_IN_RECIPE) - {'help'}
+        check_recipe_keys(recipe, dests, pre.config)
+        parser.set_defaults(**recipe)
+    args = parser.parse_args(argv)
+    for key in ('model_kwargs', 'objective_kwargs'):
+        if isinstance(getattr(args, key), str):
+            setattr(args, key, json.loads(getattr(args, key)))
+    return args
+
+
+def check_args(args):
+    from timm_ff.errors import ConfigError
+    for key in ('epochs', 'batch_size', 'grad_accum_steps'):
+        if getattr(args, key) < 1:
+            raise ConfigError(f'--{key.replace("_", "-")} must be a positive integer, got {getattr(args, key)}')
+    if not args.lr > 0:
+        raise ConfigError(f'--lr must be > 0, got {args.lr}')
+    for key in ('model_kwargs', 'objective_kwargs'):
+        if not isinstance(getattr(args, key), dict):
+            raise ConfigError(f'--{key.replace("_", "-")} must be a JSON object, got {getattr(args, key)!r}')
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ('-dirty' if dirty else '') if out.returncode == 0 else 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
+def build_model(args, num_classes: int, in_chans: int):
+    import timm
+    import timm_ff
+    from timm.models import split_model_name_tag
+    from timm_ff.errors import ConfigError
+    arch, _ = split_model_name_tag(args.model)
+    ff_models = timm.list_models(['ff_*', 'dtgff_*'])
+    if arch not in ff_models:
+        raise ConfigError(f"unknown model {args.model!r}; timm_ff models: {', '.join(ff_models)}")
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes,
+                                  in_chans=in_chans, **args.model_kwargs)
+    except TypeError as e:
+        raise ConfigError(f'bad --model-kwargs for {args.model}: {e}') from e
+    if args.initial_checkpoint:
+        from timm_ff.hub import load_initial_checkpoint
+        load_initial_checkpoint(model, args.initial_checkpoint)
+    if not isinstance(model, timm_ff.FFNet):
+        raise ConfigError(f'{args.model!r} is not a timm_ff model')
+    return model
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    check_args(args)
+    import timm
+    import torch
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+    from accelerate.utils import broadcast_object_list, set_seed
+    from timm.data import resolve_data_config
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    import timm_ff
+    from timm_ff.data import create_loaders, get_dataset_spec, load_image_datasets
+    from timm_ff.errors import ConfigError
+    from timm_ff.hub import save_model_folder
+    from timm_ff.recipe import dump_recipe
+    from timm_ff.trainer import JSONLinesTracker, LocalTrainer, write_json_atomic
+
+    natural = 'ff' if timm.models.split_model_name_tag(args.model)[0].startswith('ff_') else 'dtg'
+    args.objective = args.objective or natural
+    objective = timm_ff.create_objective(args.objective, **args.objective_kwargs)
+
+    t_start = time.time()
+    state = PartialState()
+    output = args.output or args.resume or ''
+    if not output:
+        stamp = [time.strftime('%Y%m%d-%H%M%S')]
+        if state.num_processes > 1:
+            broadcast_object_list(stamp)  # every process must agree on the folder
+        output = f'{DEFAULT_OUTPUT_ROOT}/{args.model}-{args.objective}-{stamp[0]}'
+    out_dir = Path(output)
+    if (out_dir / 'metrics.json').exists() and not args.resume:
+        raise ConfigError(f'{out_dir} already holds a finished run (metrics.json); pick another --output '
+                          'or pass --resume to continue it')
+    trackers = {'jsonl': [JSONLinesTracker('train', str(out_dir))], 'tensorboard': ['tensorboard'], 'none': None}
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=objective.find_unused_parameters)],
+        log_with=trackers[args.log_with],
+        project_dir=str(out_dir),
+    )
+    set_seed(args.seed)
+
+    spec = get_dataset_spec(args.dataset) if args.dataset else None
+    with accelerator.main_process_first():
+        data = load_image_datasets(
+            args.dataset or None, data_dir=args.data_dir or None, label_column=args.label_column or None,
+            image_column=args.image_column or None, train_split=args.train_split or None,
+            eval_split=args.eval_split or None)
+    accelerator.print(f'data: {data.source}: {len(data.train)} train / {len(data.eval)} eval images, '
+                      f'{data.num_classes} classes ({data.label_column})')
+    in_chans = args.in_chans or (spec.in_chans if spec else 3)
+
+    model = build_model(args, data.num_classes, in_chans)
+    objective.check_model(model)
+    data_config = resolve_data_config(model=model)
+    train_loader, eval_loader = create_loaders(
+        data, data_config=data_config, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or None,
+        num_workers=args.workers, in_chans=in_chans, seed=args.seed,
+        train_transform_kwargs=dict(scale=tuple(args.aug_scale), hflip=args.hflip,
+                                    color_jitter=args.color_jitter or None))
+    try:
+        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
+    except (AssertionError, ValueError) as e:
+        raise ConfigError(f"unknown --opt {args.opt!r}; allowed: {', '.join(timm.optim.list_optimizers())}") from e
+    updates_per_epoch = max(1, len(train_loader) // accelerator.num_processes // args.grad_accum_steps)
+    scheduler = None
+    if args.sched != 'none':
+        try:
+            scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
+                                               warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
+                                               updates_per_epoch=updates_per_epoch, step_on_epochs=False)
+        except (AssertionError, ValueError) as e:
+            raise ConfigError(f'bad --sched {args.sched!r}: {e}') from e
+        if scheduler is None:
+            raise ConfigError(f"unknown --sched {args.sched!r}; try cosine, step, multistep, plateau, poly, tanh or none")
+
+    recipe = dump_recipe(args, skip=_NOT_IN_RECIPE)
+    run_info = dict(command=' '.join([Path(sys.argv[0]).name] + sys.argv[1:]), git_commit=git_commit(),
+                    timm_ff_version=timm_ff.__version__, timm_version=timm.__version__,
+                    torch_version=torch.__version__, data_source=data.source, started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(t_start)),
+                    num_processes=accelerator.num_processes, device=str(accelerator.device))
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / 'recipe.yaml').write_text(yaml.safe_dump(recipe, sort_keys=True))
+        write_json_atomic(out_dir / 'run_info.json', run_info)
+    accelerator.wait_for_everyone()
+    if args.log_with != 'none':
+        accelerator.init_trackers('train', config={k: str(v) for k, v in recipe.items()})
+
+    trainer = LocalTrainer(
+        accelerator=accelerator, model=model, objective=objective, optimizer=optimizer, scheduler=scheduler,
+        train_loader=train_loader, eval_loader=eval_loader, epochs=args.epochs, output_dir=out_dir,
+        local_backward=args.local_backward, clip_grad=args.clip_grad or None,
+        checkpoint_steps=args.checkpoint_steps, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
+        max_train_steps=args.max_train_steps, progress=not args.no_progress)
+    metrics = trainer.fit(resume=args.resume or None)
+    accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model_folder(model, out_dir, extra_config={'timm_ff': dict(recipe=recipe, run_info=run_info,
+                                                                        metrics={k: v for k, v in metrics.items() if k != 'history'})})
+        metrics.update(model=args.model, objective=args.objective, dataset=args.dataset, data_source=data.source,
+                       seed=args.seed, git_commit=run_info['git_commit'])
+        write_json_atomic(out_dir / 'metrics.json', metrics)  # written last: its presence marks a finished run
+        accelerator.print(f"done: fused accuracy {metrics['accuracy']:.2f}% -> {out_dir}")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except json.JSONDecodeError as e:
+        print(f'error: a --*-kwargs value is not valid JSON: {e}', file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - user-input errors get one line, everything else the traceback
+        from timm_ff.errors import TimmFFError
+        if isinstance(e, TimmFFError):
+            print(f'error: {e}', file=sys.stderr)
+            sys.exit(2)
+        raise
