@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     import timm
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
     from timm.data import resolve_data_config
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     objective = timm_ff.create_objective(args.objective, **args.objective_kwargs)
 
     t_start = time.time()
-    state = PartialState()
+    # the state is a singleton the Accelerator below reuses; without cpu= it ignores ACCELERATE_USE_CPU
+    state = PartialState(cpu=parse_flag_from_env('ACCELERATE_USE_CPU'))
     output = args.output or args.resume or ''
     if not output:
         stamp = [time.strftime('%Y%m%d-%H%M%S')]
@@ -188,6 +189,7 @@ def main(argv=None) -> int:
             args.dataset or None, data_dir=args.data_dir or None, label_column=args.label_column or None,
             image_column=args.image_column or None, train_split=args.train_split or None,
             eval_split=args.eval_split or None)
+    accelerator.print(f'processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}')
     accelerator.print(f'data: {data.source}: {len(data.train)} train / {len(data.eval)} eval images, '
                       f'{data.num_classes} classes ({data.label_column})')
     in_chans = args.in_chans or (spec.in_chans if spec else 3)
@@ -234,9 +236,8 @@ def main(argv=None) -> int:
         train_loader=train_loader, eval_loader=eval_loader, epochs=args.epochs, output_dir=out_dir,
         local_backward=args.local_backward, clip_grad=args.clip_grad or None,
         checkpoint_steps=args.checkpoint_steps, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
-        max_train_steps=args.max_train_steps, progress=not args.no_progress)
+        max_train_steps=args.max_train_steps, seed=args.seed, progress=not args.no_progress)
     metrics = trainer.fit(resume=args.resume or None)
-    accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model_folder(model, out_dir, extra_config={'timm_ff': dict(recipe=recipe, run_info=run_info,
@@ -246,6 +247,7 @@ def main(argv=None) -> int:
         write_json_atomic(out_dir / 'metrics.json', metrics)  # written last: its presence marks a finished run
         accelerator.print(f"done: fused accuracy {metrics['accuracy']:.2f}% -> {out_dir}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # also tears down the process group: keep it last
     return 0
 
 

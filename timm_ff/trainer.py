@@ -5,6 +5,7 @@ module prepares each unit as its own module (so DDP/FSDP synchronise every backw
 optimiser and scheduler, clips gradients per unit, evaluates per-unit and fused accuracy with
 ``gather_for_metrics``, logs through Accelerate trackers and checkpoints with ``save_state``.
 """
+import contextlib
 import json
 import os
 import resource
@@ -120,6 +121,7 @@ class LocalTrainer:
             keep_checkpoints: int = 2,
             log_every: int = 20,
             max_train_steps: int = 0,
+            seed: int = 0,
             progress: bool = True,
     ):
         """
@@ -139,6 +141,7 @@ class LocalTrainer:
             keep_checkpoints: How many checkpoints to keep.
             log_every: Log training losses every N optimiser steps.
             max_train_steps: Stop after this many optimiser steps in total (0: no limit).
+            seed: Seeds each step's random draws (e.g. FF negative labels) with (seed, step, rank).
             progress: Show a tqdm bar on the main process.
         """
         self.acc = accelerator
@@ -151,6 +154,7 @@ class LocalTrainer:
         self.keep_checkpoints = max(1, keep_checkpoints)
         self.log_every = max(1, log_every)
         self.max_train_steps = max_train_steps
+        self.seed = seed
         self.progress = progress
         self.scheduler = scheduler
         self.state = TrainState()
@@ -208,6 +212,20 @@ class LocalTrainer:
         for module in self.train_modules:  # never a global norm across units: that would couple them
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.clip_grad)
 
+    @contextlib.contextmanager
+    def _step_rng(self, epoch: int):
+        """Random draws of one micro-step come from a generator seeded by (seed, epoch, step, rank).
+
+        Nothing else that touches the global RNG (evaluation, a resumed loader's new iterator,
+        checkpointing) can then shift a step's randomness, so a resumed run matches an
+        uninterrupted one exactly.
+        """
+        devices = [self.acc.device] if self.acc.device.type == 'cuda' else []
+        step_seed = hash((self.seed, epoch, self.state.step_in_epoch, self.acc.process_index)) & 0x7FFF_FFFF
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(step_seed)
+            yield
+
     def _done(self) -> bool:
         return bool(self.max_train_steps) and self.state.global_step >= self.max_train_steps
 
@@ -222,7 +240,7 @@ class LocalTrainer:
                    disable=not (self.progress and self.acc.is_local_main_process), leave=False)
         seen, t0, last = 0, time.perf_counter(), None
         for x, y in loader:
-            with self.acc.accumulate(*self.train_modules):
+            with self.acc.accumulate(*self.train_modules), self._step_rng(epoch):
                 last = self.task.step(x, y, self.acc.backward, self.acc.autocast)
                 if self.acc.sync_gradients:
                     self._clip()
@@ -299,3 +317,4 @@ class LocalTrainer:
             train_time_s=train_time, wall_time_s=time.perf_counter() - wall0, history=history,
             num_processes=self.acc.num_processes, device=str(self.acc.device), **peak_memory_mb(self.acc.device),
         )
+
