@@ -1,0 +1,41 @@
+"""Provenance block for every committed benchmark result: command, commit, machine, date."""
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> dict:
+    def run(*cmd):
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return dict(git_commit=run('git', 'rev-parse', 'HEAD'),
+                git_dirty=bool(run('git', 'status', '--porcelain', '--untracked-files=no')))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def machine() -> dict:
+    import timm
+    import torch
+    info = dict(cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
+                torch=torch.__version__, timm=timm.__version__, torch_threads=torch.get_num_threads())
+    if torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name(0)
+    return info
+
+
+def provenance(seed: int) -> dict:
+    return dict(command=' '.join([sys.executable.split('/')[-1]] + sys.argv), **git_commit(), machine=machine(),
+                seed=seed, date_utc=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))

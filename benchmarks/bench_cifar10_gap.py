@@ -1,0 +1,62 @@
+"""DTG-FF vs BP-DeepSup on real CIFAR-10 with one recipe and budget: accuracy, gap, img/s.
+
+    python benchmarks/bench_cifar10_gap.py --data-dir ../shared/data/cifar10-jpeg
+
+Runs ``train_ff.py`` once per objective (same recipe, seed and budget; only ``--objective``
+differs), then writes ``benchmarks/results/<name>.json`` with both runs' metrics, the FF-BP gap in
+percentage points and the throughput ratio. The paper's gap on CIFAR-10 is 2.40 pp.
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import REPO, provenance  # noqa: E402
+
+PAPER_GAP_PP = 2.40
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--data-dir', default=str(REPO.parent / 'shared/data/cifar10-jpeg'))
+    p.add_argument('--recipe', default=str(REPO / 'benchmarks/recipes/cifar10_cnn_s_cpu.yaml'))
+    p.add_argument('--objectives', nargs='+', default=['dtg', 'bp_deepsup'])
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs'))
+    p.add_argument('--name', default='cifar10_gap_cpu')
+    p.add_argument('--extra', nargs=argparse.REMAINDER, default=[], help='extra train_ff.py flags for every run')
+    args = p.parse_args()
+    prov = provenance(args.seed)
+    runs = {}
+    for obj in args.objectives:
+        out = Path(args.runs_dir) / f'{args.name}-{obj}'
+        cmd = [sys.executable, str(REPO / 'train_ff.py'), '-c', args.recipe, '--objective', obj,
+               '--data-dir', args.data_dir, '--seed', str(args.seed), '--output', str(out), '--no-progress',
+               *args.extra]
+        if (out / 'metrics.json').exists():
+            cmd += ['--resume', str(out)]
+        print('$', ' '.join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+        m = json.loads((out / 'metrics.json').read_text())
+        runs[obj] = {k: m[k] for k in ('accuracy', 'unit_accuracy', 'epochs_run', 'global_step', 'train_images_per_s',
+                                       'train_time_s', 'wall_time_s', 'peak_memory_mb', 'memory_kind', 'data_source')}
+        runs[obj]['train_command'] = ' '.join(cmd[1:])
+        runs[obj]['history_accuracy'] = [h['accuracy'] for h in m['history']]
+    result = dict(prov, recipe=Path(args.recipe).read_text(), runs=runs)
+    if 'dtg' in runs and 'bp_deepsup' in runs:
+        gap = runs['bp_deepsup']['accuracy'] - runs['dtg']['accuracy']
+        result.update(gap_pp=gap, paper_gap_pp=PAPER_GAP_PP, gap_minus_paper_pp=gap - PAPER_GAP_PP,
+                      throughput_ratio_dtg_over_bp=runs['dtg']['train_images_per_s'] / runs['bp_deepsup']['train_images_per_s'])
+    path = REPO / 'benchmarks/results' / f'{args.name}.json'
+    path.write_text(json.dumps(result, indent=2) + '\n')
+    print(json.dumps({k: v for k, v in result.items() if k not in ('recipe', 'runs')}, indent=2))
+    for obj, r in runs.items():
+        print(f"{obj:12s} acc {r['accuracy']:.2f}%  units {[round(a, 1) for a in r['unit_accuracy']]}  "
+              f"{r['train_images_per_s']:.0f} img/s")
+    print(f'-> {path}')
+
+
+if __name__ == '__main__':
+    main()
