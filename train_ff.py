@@ -251,18 +251,21 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == '__main__':
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+def cli(argv=None) -> int:
+    """Run :func:`main`; a user-input error becomes one ``error: ...`` line on stderr and exit code 2."""
+    from timm_ff.errors import TimmFFError
     try:
-        sys.exit(main())
+        return main(argv)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except json.JSONDecodeError as e:
         print(f'error: a --*-kwargs value is not valid JSON: {e}', file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # noqa: BLE001 - user-input errors get one line, everything else the traceback
-        from timm_ff.errors import TimmFFError
-        if isinstance(e, TimmFFError):
-            print(f'error: {e}', file=sys.stderr)
-            sys.exit(2)
-        raise
+        return 2
+    except TimmFFError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    sys.exit(cli())

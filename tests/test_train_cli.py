@@ -1,0 +1,107 @@
+"""train_ff.py end to end: artefacts, timm loading, exact resume, bad input (subprocesses, like a user)."""
+import json
+
+import pytest
+import timm
+import torch
+
+from timm_ff.data import SAMPLE_DIR
+from timm_ff.trainer import find_checkpoint
+
+from _cli import QUICK, assert_ok, run_train, same_weights, weights
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(300)
+def test_default_run_offline_writes_a_loadable_timm_model(tmp_path):
+    out = tmp_path / 'run'
+    proc = run_train('--model', 'ff_cnn_s', '--epochs', '1', '--max-train-steps', '3', '--output', out)
+    assert_ok(proc)
+    first_lines = proc.stdout.splitlines()[:3]
+    assert any('bundled CIFAR-10 sample' in line for line in first_lines), first_lines
+    for name in ('recipe.yaml', 'run_info.json', 'log.jsonl', 'model.safetensors', 'config.json', 'metrics.json'):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['global_step'] == 3 and metrics['objective'] == 'ff'
+    assert len(metrics['unit_accuracy']) == 4 and 0 <= metrics['accuracy'] <= 100
+    assert metrics['train_images_per_s'] > 0 and metrics['peak_memory_mb'] > 0
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['architecture'] == 'ff_cnn_s' and cfg['timm_ff']['recipe']['objective'] == 'ff'
+    # plain timm (after import timm_ff) rebuilds the run's model from its folder, weights and buffers
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    saved = weights(out)
+    assert same_weights({k: v for k, v in model.state_dict().items()}, saved)
+    logged = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert any('train/loss' in row for row in logged) and any('eval/accuracy' in row for row in logged)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize('model,objective', [('dtgff_cnn_s', 'dtg'), ('ff_cnn_s', 'ff')])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, model, objective):
+    common = ('--model', model, '--objective', objective, '--epochs', '2', '--warmup-epochs', '1')
+    full, cut = tmp_path / 'full', tmp_path / 'cut'
+    assert_ok(run_train(*common, '--output', full))
+    # "killed" after step 9 of 14 in epoch 0 (mid-epoch), with periodic checkpoints on the way
+    assert_ok(run_train(*common, '--output', cut, '--max-train-steps', '9', '--checkpoint-steps', '4'))
+    assert find_checkpoint(str(cut)).name == 'step_00000009'
+    assert not same_weights(weights(full), weights(cut))
+    resumed = run_train(*common, '--output', cut, '--resume', cut)
+    assert_ok(resumed)
+    assert 'resumed from' in resumed.stdout
+    assert same_weights(weights(full), weights(cut)), 'resumed run diverged from the uninterrupted one'
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    good = tmp_path / 'checkpoints' / 'step_00000004'
+    good.mkdir(parents=True)
+    (good / 'train_state.json').write_text('{}')
+    (tmp_path / 'checkpoints' / '.tmp_step_00000008').mkdir()  # a save killed before its rename
+    (tmp_path / 'checkpoints' / 'step_00000006').mkdir()  # no train_state.json: incomplete
+    assert find_checkpoint(str(tmp_path)) == good
+
+
+BAD_INPUTS = [
+    (['--model', 'nope_net'], "unknown model 'nope_net'"),
+    (['--objective', 'nope'], "unknown objective 'nope'"),
+    (['--dataset', 'nope'], "'nope'"),
+    (['--data-dir', '/nonexistent/data'], '/nonexistent/data'),
+    (['--data-dir', '{sample}', '--dataset', '', '--label-column', 'nope'], "'nope'"),
+    (['--batch-size', '0'], '--batch-size must be a positive integer, got 0'),
+    (['--lr', '-1'], '--lr must be > 0, got -1.0'),
+    (['--epochs', '0'], '--epochs must be a positive integer, got 0'),
+    (['--resume', '{tmp}'], 'holds no checkpoint'),
+    (['--model', 'dtgff_cnn_s', '--objective', 'ff'], "objective 'ff' needs a classic FF model"),
+    (['--model-kwargs', '{"bogus": 1}'], "unknown model kwarg 'bogus'"),
+    (['--model-kwargs', '{"fusion": "bad"}'], "unknown value for fusion 'bad'"),
+    (['-c', '{recipe}'], "unknown recipe key 'bogus_key'"),
+    (['-c', '/nonexistent.yaml'], "recipe '/nonexistent.yaml' does not exist"),
+    (['--opt', 'nope'], "unknown --opt 'nope'"),
+]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('flags,expected', BAD_INPUTS, ids=[' '.join(f) for f, _ in BAD_INPUTS])
+def test_bad_input_gives_one_clear_line_and_no_finished_run(tmp_path, capsys, flags, expected):
+    import train_ff
+    recipe = tmp_path / 'bad.yaml'
+    recipe.write_text('model: dtgff_cnn_s\nbogus_key: 3\n')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    fill = dict(sample=str(SAMPLE_DIR), tmp=str(empty), recipe=str(recipe))
+    flags = [f.replace('{sample}', fill['sample']).replace('{tmp}', fill['tmp']).replace('{recipe}', fill['recipe'])
+             for f in flags]
+    out = tmp_path / 'run'
+    code = train_ff.cli([*QUICK, '--max-train-steps', '1', '--output', str(out), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, (flags, err[-2000:])
+    assert expected in err, (flags, expected, err[-2000:])
+    assert not (out / 'metrics.json').exists()
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_from_the_real_entry_point_has_no_traceback(tmp_path):
+    proc = run_train('--model', 'nope_net', '--output', tmp_path / 'run')
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model 'nope_net'; timm_ff models: ")
+    assert 'Traceback' not in proc.stderr
