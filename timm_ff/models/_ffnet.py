@@ -267,8 +267,8 @@ class FFNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(stem=r'^units\.0\.(stem|label_embed)', blocks=r'^units\.(\d+)' if coarse else [
-            (r'^units\.(\d+)\.(in_norm|body)', None), (r'^units\.(\d+)\.head', (99999,))])
+        return dict(stem=r'^units\.0\.(?:stem|label_embed)', blocks=r'^units\.(\d+)' if coarse else [
+            (r'^units\.(\d+)\.(?:in_norm|body)', None), (r'^units\.(\d+)\.head', (99999,)), (r'^fusion', (99999,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
