@@ -1,0 +1,510 @@
+"""timm_ff.hub: publish runs as timm models, load them back through a real local Hub, integrity checks.
+
+The Hub side is olah (a Hub mirror serving git repos) behind a small write server
+(``tests/_hub_server.py``); nothing touches the internet. The test process itself stays offline
+(``HF_HUB_OFFLINE=1`` from conftest), so everything that talks to the local Hub runs in a
+subprocess with its own ``HF_ENDPOINT`` / ``HF_HOME``. olah comes from ``$OLAH_CLI``, PATH, or is
+installed from PyPI into ``.venv-olah`` on first use.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import timm_ff
+from timm_ff import CheckpointError, HubError, hub
+
+from _cli import REPO, assert_ok, run_train
+from _hub_server import LocalHub, client_env, find_olah_cli, free_port
+
+ORG = 'testorg'
+LOOP_REPO = f'{ORG}/loop'
+TAG = 'dtgff_cnn_s.cifar10'
+TAG_REPO = f'{ORG}/{TAG}'
+RUN_FILES = ('config.json', 'model.safetensors', 'metrics.json', 'run_info.json', 'recipe.yaml')
+OFFLINE_HINTS = ('local-dir:PATH', 'pretrained_cfg_overlay=dict(file=')
+
+
+# --------------------------------------------------------------------------------------- helpers
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run folder's publishable files (no checkpoints or logs)."""
+    dst.mkdir(parents=True)
+    for name in RUN_FILES:
+        shutil.copyfile(src / name, dst / name)
+    return dst
+
+
+def reference_model(folder: Path) -> torch.nn.Module:
+    """The folder's model rebuilt from config.json and its raw safetensors, without timm_ff.hub."""
+    cfg = json.loads((folder / 'config.json').read_text())
+    model = timm.create_model(cfg['architecture'], **cfg['model_args'])
+    model.load_state_dict(load_file(str(folder / 'model.safetensors')), strict=True)
+    return model.eval()
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def run_py(code: str, *args, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith('---\n')
+    return yaml.safe_load(card.split('---\n')[1])
+
+
+# -------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny real train_ff.py run (2 steps on the bundled CIFAR-10 sample)."""
+    out = tmp_path_factory.mktemp('runs') / 'cnn-run'
+    assert_ok(run_train('--model', 'dtgff_cnn_s', '--epochs', '1', '--max-train-steps', '2', '--output', out))
+    return out
+
+
+@pytest.fixture(scope='session')
+def fixed_input(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp('input') / 'x.pt'
+    torch.save(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(123)), path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def dev_run(trained_run, tmp_path_factory) -> Path:
+    """The trained run with other weights (a head scaled), for the ``dev`` branch."""
+    run = copy_run(trained_run, tmp_path_factory.mktemp('dev') / 'dev-run')
+    state = load_file(str(run / 'model.safetensors'))
+    for k in state:
+        if k.endswith('head.proj.weight'):
+            state[k] = state[k] * 1.5
+    save_file(state, str(run / 'model.safetensors'))
+    return run
+
+
+@pytest.fixture(scope='session')
+def local_hub(tmp_path_factory):
+    cli = find_olah_cli()
+    if cli is None:  # only when $OLAH_CLI names a missing file; otherwise olah is installed from PyPI
+        pytest.fail(f"OLAH_CLI={os.environ.get('OLAH_CLI')!r} does not exist; unset it to install olah")
+    hub_ = LocalHub(tmp_path_factory.mktemp('local_hub'), cli).start()
+    yield hub_
+    hub_.stop()
+
+
+@pytest.fixture(scope='session')
+def published(local_hub, trained_run, dev_run, tmp_path_factory):
+    """Push through the CLI and publish_run, in a subprocess that talks to the local Hub."""
+    code = (
+        'import sys\n'
+        'from timm_ff.hub import main, publish_run\n'
+        'run, dev_run = sys.argv[1:3]\n'
+        f"assert main(['push', run, '{LOOP_REPO}', '--private']) == 0\n"
+        f"assert main(['push', dev_run, '{LOOP_REPO}', '--revision', 'dev']) == 0\n"
+        f"print(publish_run(run, '{TAG_REPO}'))\n"
+    )
+    env = local_hub.env(tmp_path_factory.mktemp('hf_home_push'), TIMM_FF_HUB_ORG=ORG)
+    proc = run_py(code, trained_run, dev_run, env=env)
+    assert_ok(proc)
+    return proc
+
+
+@pytest.fixture(scope='session')
+def pull_home(tmp_path_factory) -> Path:
+    """HF_HOME of the process that downloads through the local Hub (its cache is reused offline)."""
+    return tmp_path_factory.mktemp('hf_home_pull')
+
+
+@pytest.fixture(scope='session')
+def downloads(local_hub, published, fixed_input, pull_home, tmp_path_factory) -> Path:
+    """Everything loaded back through olah, in one subprocess (timm, huggingface_hub, timm_ff.hub)."""
+    out = tmp_path_factory.mktemp('downloads')
+    code = f'''
+import json, sys
+from pathlib import Path
+import timm, timm_ff, torch
+from huggingface_hub import snapshot_download
+from timm_ff import HubError, hub
+out, x = Path(sys.argv[1]), torch.load(sys.argv[2])
+def save(name, model):
+    with torch.no_grad():
+        torch.save(model.eval()(x), out / f'{{name}}.pt')
+    return model
+res = {{}}
+m = save('hf_hub', timm.create_model('hf-hub:{LOOP_REPO}', pretrained=True))
+res['hf_hub_id'] = m.pretrained_cfg.get('hf_hub_id')
+save('create_pretrained', hub.create_pretrained('hf-hub:{LOOP_REPO}'))
+m = save('tag', timm.create_model('{TAG}', pretrained=True))
+res['tag_hub_id'] = m.pretrained_cfg.get('hf_hub_id')
+save('dev', timm.create_model('hf-hub:{LOOP_REPO}@dev', pretrained=True))
+fresh = timm.create_model('dtgff_cnn_s')
+hub.load_initial_checkpoint(fresh, 'hf-hub:{LOOP_REPO}')
+torch.save(fresh.state_dict(), out / 'initial.pt')
+res['recipe'] = str(hub.fetch_recipe('hf-hub:{LOOP_REPO}'))
+res['readme'] = hub.hub_download('{LOOP_REPO}', 'README.md').read_text()
+res['snapshot'] = sorted(p.name for p in Path(snapshot_download('{LOOP_REPO}')).iterdir())
+try:
+    hub.fetch_recipe('hf-hub:{ORG}/no-such-repo')
+except HubError as e:
+    res['missing_repo'] = str(e)
+(out / 'result.json').write_text(json.dumps(res))
+'''
+    env = local_hub.env(pull_home, TIMM_FF_HUB_ORG=ORG)
+    assert_ok(run_py(code, out, fixed_input, env=env))
+    return out
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    return copy_run(trained_run, tmp_path / 'run')
+
+
+# ----------------------------------------------------------------------- dry run and model card
+def test_dry_run_folder_holds_exactly_the_timm_files(trained_run, tmp_path):
+    folder = hub.publish_run(trained_run, 'someorg/some-model', dry_run=True, out_dir=tmp_path / 'up')
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert (folder / 'model.safetensors').read_bytes() == (trained_run / 'model.safetensors').read_bytes()
+    cfg = json.loads((folder / 'config.json').read_text())
+    assert cfg['architecture'] == 'dtgff_cnn_s' and cfg['num_classes'] == 10
+    assert cfg['model_args']['channels'] == [32, 64, 128, 256] and 'pretrained_cfg' in cfg
+    recipe = yaml.safe_load((trained_run / 'recipe.yaml').read_text())
+    assert cfg['timm_ff']['recipe'] == recipe and recipe['max_train_steps'] == 2
+    # the folder itself loads with plain timm and with the validating loader, to the same weights
+    model = hub.load_model_folder(folder)
+    assert all(torch.equal(v, load_file(str(trained_run / 'model.safetensors'))[k])
+               for k, v in model.state_dict().items())
+
+
+def test_model_card_states_metrics_command_commit_and_sha256(trained_run, tmp_path):
+    folder = hub.publish_run(trained_run, 'someorg/some-model', dry_run=True, out_dir=tmp_path / 'up')
+    card = (folder / 'README.md').read_text()
+    meta = front_matter(card)
+    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
+    assert set(meta['tags']) >= {'image-classification', 'timm', 'forward-forward', 'timm_ff'}
+    assert meta['datasets'] == ['uoft-cs/cifar10']
+    assert hub.sha256_file(folder / 'model.safetensors') in card
+    metrics = json.loads((trained_run / 'metrics.json').read_text())
+    assert f"| Fused top-1 accuracy (%) | {metrics['accuracy']:.2f} |" in card
+    for u, acc in enumerate(metrics['unit_accuracy']):
+        assert f'| Unit {u} top-1 accuracy (%) | {acc:.2f} |' in card
+    run_info = json.loads((trained_run / 'run_info.json').read_text())
+    assert run_info['command'] in card and run_info['git_commit'] in card
+    assert 'import timm_ff, timm' in card
+    assert "timm.create_model('hf-hub:someorg/some-model', pretrained=True)" in card
+    assert '`import timm_ff` is required' in card and 'Apache License 2.0' in card
+    assert 'bundled CIFAR-10 sample' in card  # says which data were really used
+
+
+def test_cli_card_and_dry_run(trained_run, tmp_path, capsys):
+    assert hub.main(['card', str(trained_run), '--repo-id', 'someorg/x']) == 0
+    printed = capsys.readouterr().out
+    assert printed == hub.model_card(trained_run, 'someorg/x')
+    assert hub.main(['push', str(trained_run), 'someorg/x', '--dry-run', str(tmp_path / 'dry')]) == 0
+    assert 'dry run' in capsys.readouterr().out
+    assert (tmp_path / 'dry' / 'README.md').read_text() == printed
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['push', '{missing}', 'someorg/x', '--dry-run', '{tmp}/d'], 'no such run folder'),
+    (['push', '{run}', 'not-a-repo-id', '--dry-run', '{tmp}/d'], 'bad Hub repo id'),
+    (['push', '{run}', 'someorg/x'], 'HF_HUB_OFFLINE=1'),  # conftest keeps this process offline
+    (['card', '{missing}'], 'no config.json'),
+    (['release', '--runs', '{tmp}', '--out', '{tmp}/r', '--recipes', '{tmp}/none'], None),
+    (['frobnicate'], 'invalid choice'),
+    (['push'], 'required'),
+])
+def test_cli_errors_are_one_line(argv, match, trained_run, tmp_path, capsys):
+    argv = [a.format(missing=tmp_path / 'missing', tmp=tmp_path, run=trained_run) for a in argv]
+    code = hub.main(argv)
+    err = capsys.readouterr().err
+    if match is None:  # an empty release is not an error
+        assert code == 0 and err == ''
+        return
+    assert code == 2
+    assert err.startswith('error: ') and err.count('\n') == 1 and match in err, err
+
+
+def test_cli_entry_point_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'timm_ff.hub', 'push', str(tmp_path / 'nope'), 'a/b'],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith('error: ') and 'Traceback' not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- integrity
+def _truncate(run: Path, keep: int) -> None:
+    data = (run / 'model.safetensors').read_bytes()
+    (run / 'model.safetensors').write_bytes(data[:keep])
+
+
+def _edit_config(run: Path, **changes) -> None:
+    cfg = json.loads((run / 'config.json').read_text())
+    for key, value in changes.items():
+        if key == 'model_args':
+            cfg['model_args'].update(value)
+        else:
+            cfg[key] = value
+    (run / 'config.json').write_text(json.dumps(cfg))
+
+
+def _corrupt_header(run: Path) -> None:
+    data = bytearray((run / 'model.safetensors').read_bytes())
+    data[8:40] = b'\xff' * 32
+    (run / 'model.safetensors').write_bytes(bytes(data))
+
+
+def _drop_key(run: Path) -> None:
+    state = load_file(str(run / 'model.safetensors'))
+    state.pop(sorted(state)[0])
+    save_file(state, str(run / 'model.safetensors'))
+
+
+def _flip_byte_with_card(run: Path) -> None:
+    (run / 'README.md').write_text(hub.model_card(run, 'someorg/x'))
+    data = bytearray((run / 'model.safetensors').read_bytes())
+    data[-10] ^= 0xFF
+    (run / 'model.safetensors').write_bytes(bytes(data))
+
+
+def _pickle_only(run: Path) -> None:
+    torch.save(load_file(str(run / 'model.safetensors')), run / 'pytorch_model.bin')
+    (run / 'model.safetensors').unlink()
+
+
+BROKEN = {
+    'truncated': (lambda r: _truncate(r, -1000), 'truncated'),
+    'truncated_in_header': (lambda r: _truncate(r, 100), 'truncated'),
+    'trailing_bytes': (lambda r: (r / 'model.safetensors').open('ab').write(b'\0' * 16), 'trailing bytes'),
+    'corrupt_header': (_corrupt_header, 'not valid JSON'),
+    'unknown_architecture': (lambda r: _edit_config(r, architecture='resnet18'), 'not a timm_ff model'),
+    'weights_of_another_shape': (lambda r: _edit_config(r, model_args={'channels': [16, 32, 64, 128]}),
+                                 'of another shape'),
+    'missing_key': (_drop_key, 'missing'),
+    'bad_model_args': (lambda r: _edit_config(r, model_args={'no_such_kwarg': 1}), 'model_args do not build'),
+    'sha256_mismatch': (_flip_byte_with_card, 'sha256'),
+    'pickle_only': (_pickle_only, 'pickled weights are not loaded'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BROKEN))
+def test_broken_model_folder_is_a_clear_checkpoint_error(case, run_copy, tmp_path):
+    breaker, match = BROKEN[case]
+    breaker(run_copy)
+    with pytest.raises(CheckpointError, match=match) as info:
+        hub.load_model_folder(run_copy)
+    if case == 'unknown_architecture':
+        assert 'dtgff_cnn_s' in str(info.value) and 'ff_resnet18' in str(info.value)
+    # publishing validates the same way and writes nothing
+    with pytest.raises(CheckpointError, match=match):
+        hub.publish_run(run_copy, 'someorg/x', dry_run=True, out_dir=tmp_path / 'up')
+    assert not (tmp_path / 'up').exists()
+
+
+def test_unfinished_run_is_not_publishable(run_copy, tmp_path):
+    (run_copy / 'metrics.json').unlink()
+    with pytest.raises(CheckpointError, match='not a finished run'):
+        hub.publish_run(run_copy, 'someorg/x', dry_run=True, out_dir=tmp_path / 'up')
+
+
+def test_load_initial_checkpoint_local(run_copy):
+    ref = load_file(str(run_copy / 'model.safetensors'))
+    for source in (str(run_copy), str(run_copy / 'model.safetensors'), f'local-dir:{run_copy}'):
+        model = timm.create_model('dtgff_cnn_s')
+        hub.load_initial_checkpoint(model, source)
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    # another class count: only the unit heads keep their fresh init
+    model = timm.create_model('dtgff_cnn_s', num_classes=7)
+    hub.load_initial_checkpoint(model, str(run_copy))
+    for k, v in model.state_dict().items():
+        if 'head.proj' in k:
+            assert v.shape != ref[k].shape, k
+        else:
+            assert torch.equal(v, ref[k]), k
+    with pytest.raises(CheckpointError, match='does not fit'):
+        hub.load_initial_checkpoint(timm.create_model('dtgff_cnn_m'), str(run_copy))
+    _truncate(run_copy, -10)
+    with pytest.raises(CheckpointError, match='truncated'):
+        hub.load_initial_checkpoint(timm.create_model('dtgff_cnn_s'), str(run_copy))
+    with pytest.raises(CheckpointError, match='no such file'):
+        hub.load_initial_checkpoint(timm.create_model('dtgff_cnn_s'), str(run_copy / 'nope'))
+
+
+# --------------------------------------------------------------------------------------- offline
+@pytest.mark.parametrize('call', ['tag', 'hf_hub', 'fetch_recipe', 'initial_checkpoint', 'hub_download'])
+def test_offline_download_fails_at_once_naming_the_alternative(call):
+    repo = f'{timm_ff.HUB_ORG}/{TAG}'
+    calls = {
+        'tag': lambda: hub.create_pretrained(TAG),
+        'hf_hub': lambda: hub.create_pretrained(f'hf-hub:{repo}'),
+        'fetch_recipe': lambda: hub.fetch_recipe(f'hf-hub:{repo}'),
+        'initial_checkpoint': lambda: hub.load_initial_checkpoint(timm.create_model('dtgff_cnn_s'),
+                                                                  f'hf-hub:{repo}'),
+        'hub_download': lambda: hub.hub_download(repo, 'model.safetensors'),
+    }
+    start = time.monotonic()
+    with pytest.raises(HubError) as info:
+        calls[call]()
+    assert time.monotonic() - start < 10
+    msg = str(info.value)
+    assert repo in msg and 'HF_HUB_OFFLINE=1' in msg and all(h in msg for h in OFFLINE_HINTS), msg
+
+
+def test_unreachable_hub_fails_at_once(trained_run, tmp_path):
+    """Not offline, but nothing listens at HF_ENDPOINT: no 25-46 s of retries."""
+    code = f'''
+import json, sys, time
+from timm_ff import HubError, hub
+res = {{}}
+for name, fn in [('tag', lambda: hub.create_pretrained('{TAG}')),
+                 ('hf_hub', lambda: hub.create_pretrained('hf-hub:{ORG}/x')),
+                 ('fetch_recipe', lambda: hub.fetch_recipe('hf-hub:{ORG}/x')),
+                 ('push', lambda: hub.publish_run(sys.argv[1], '{ORG}/x'))]:
+    t = time.monotonic()
+    try:
+        fn()
+        res[name] = ['no error', 0.0]
+    except HubError as e:
+        res[name] = [str(e), time.monotonic() - t]
+print(json.dumps(res))
+'''
+    env = client_env(f'http://127.0.0.1:{free_port()}', tmp_path / 'hf_home')
+    proc = run_py(code, trained_run, env=env, timeout=120)
+    assert_ok(proc)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (msg, seconds) in res.items():
+        assert seconds < 10, (name, seconds)
+        assert 'cannot be reached' in msg, (name, msg)
+        if name != 'push':
+            assert all(h in msg for h in OFFLINE_HINTS), msg
+
+
+# ----------------------------------------------------------------------------- through the Hub
+def test_train_publish_download_gives_identical_outputs(trained_run, fixed_input, downloads, local_hub):
+    """The closed loop: train -> publish_run/CLI push -> olah -> timm.create_model('hf-hub:...')."""
+    expected = logits_of(reference_model(trained_run), torch.load(fixed_input))
+    assert torch.equal(torch.load(downloads / 'hf_hub.pt'), expected)
+    assert torch.equal(torch.load(downloads / 'create_pretrained.pt'), expected)
+    res = json.loads((downloads / 'result.json').read_text())
+    assert res['hf_hub_id'] == LOOP_REPO
+    assert res['snapshot'] == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']
+    assert res['readme'] == hub.model_card(trained_run, LOOP_REPO)
+    assert local_hub.store.created[LOOP_REPO].get('visibility') == 'private'  # --private reached create_repo
+    assert f'{ORG}/no-such-repo' in res['missing_repo'] and 'not found' in res['missing_repo']
+    assert not [line for line in local_hub.log if ' -> 5' in line], local_hub.log
+
+
+def test_pretrained_tag_resolves_through_the_local_hub(trained_run, fixed_input, downloads):
+    expected = logits_of(reference_model(trained_run), torch.load(fixed_input))
+    assert torch.equal(torch.load(downloads / 'tag.pt'), expected)
+    assert json.loads((downloads / 'result.json').read_text())['tag_hub_id'] == TAG_REPO
+
+
+def test_offline_loads_from_the_cache(trained_run, fixed_input, downloads, pull_home, tmp_path):
+    """After one download, HF_HUB_OFFLINE=1 still loads from the cache; what is not cached fails at once."""
+    code = f'''
+import json, sys, time, torch
+from timm_ff import HubError, hub
+x = torch.load(sys.argv[1])
+res = {{}}
+with torch.no_grad():
+    res['hf_hub'] = hub.create_pretrained('hf-hub:{LOOP_REPO}').eval()(x).tolist()
+    res['tag'] = hub.create_pretrained('{TAG}').eval()(x).tolist()
+res['recipe'] = str(hub.fetch_recipe('hf-hub:{LOOP_REPO}'))
+t = time.monotonic()
+try:
+    hub.create_pretrained('hf-hub:{ORG}/never-downloaded')
+except HubError as e:
+    res['uncached'] = [str(e), time.monotonic() - t]
+print(json.dumps(res))
+'''
+    env = client_env('http://127.0.0.1:9', pull_home, HF_HUB_OFFLINE='1', TIMM_FF_HUB_ORG=ORG)
+    proc = run_py(code, fixed_input, env=env, timeout=120)
+    assert_ok(proc)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = logits_of(reference_model(trained_run), torch.load(fixed_input))
+    assert torch.equal(torch.tensor(res['hf_hub']), expected)
+    assert torch.equal(torch.tensor(res['tag']), expected)
+    assert Path(res['recipe']).is_file()
+    msg, seconds = res['uncached']
+    assert seconds < 10 and f'{ORG}/never-downloaded' in msg and all(h in msg for h in OFFLINE_HINTS), msg
+
+
+def test_revision_goes_to_its_own_branch(trained_run, dev_run, fixed_input, downloads, local_hub):
+    x = torch.load(fixed_input)
+    dev = torch.load(downloads / 'dev.pt')
+    assert torch.equal(dev, logits_of(reference_model(dev_run), x))
+    assert not torch.equal(dev, torch.load(downloads / 'hf_hub.pt'))  # main kept the trained weights
+    branches = {(repo, branch) for repo, branch, _ in local_hub.commits}
+    assert {(LOOP_REPO, 'main'), (LOOP_REPO, 'dev'), (TAG_REPO, 'main')} <= branches
+
+
+def test_initial_checkpoint_from_the_hub(trained_run, downloads):
+    state = torch.load(downloads / 'initial.pt')
+    ref = load_file(str(trained_run / 'model.safetensors'))
+    assert state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
+
+
+def test_fetch_recipe_round_trip(trained_run, downloads):
+    import train_ff
+    path = Path(json.loads((downloads / 'result.json').read_text())['recipe'])
+    fetched = yaml.safe_load(path.read_text())
+    assert fetched == yaml.safe_load((trained_run / 'recipe.yaml').read_text())
+    args = train_ff.parse_args(['-c', str(path)])
+    assert args.model == 'dtgff_cnn_s' and args.max_train_steps == 2 and args.epochs == 1
+
+
+def test_fetch_recipe_local_sources(trained_run, tmp_path):
+    assert hub.fetch_recipe(str(trained_run)) == trained_run / 'recipe.yaml'
+    assert hub.fetch_recipe(str(tmp_path / 'r.yaml')) == tmp_path / 'r.yaml'
+
+
+# --------------------------------------------------------------------------------------- release
+def test_build_release(trained_run, tmp_path, capsys):
+    recipes = tmp_path / 'hub_configs'
+    recipes.mkdir()
+    (recipes / 'dtgff_cnn_s.cifar10.yaml').write_text('model: dtgff_cnn_s\ndataset: cifar10\nepochs: 1\n')
+    (recipes / 'dtgff_cnn_s.cifar100.yaml').write_text('model: dtgff_cnn_s\ndataset: cifar100\n')
+    (recipes / 'ff_cnn_s.cifar10.yaml').write_text('model: ff_cnn_s\ndataset: cifar10\n')
+    runs = tmp_path / 'runs'
+    copy_run(trained_run, runs / 'some-run')
+    (copy_run(trained_run, runs / 'unfinished') / 'metrics.json').unlink()
+    copy_run(trained_run, runs / 'dtgff_cnn_s.cifar100')  # right name, but 10 classes: not the tag's
+    folders = hub.build_release(runs, tmp_path / 'out', org=ORG, recipes_dir=recipes)
+    assert folders == [tmp_path / 'out' / 'dtgff_cnn_s.cifar10']
+    assert sorted(p.name for p in folders[0].iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    card = (folders[0] / 'README.md').read_text()
+    assert f"timm.create_model('hf-hub:{TAG_REPO}', pretrained=True)" in card
+    manifest = json.loads((tmp_path / 'out' / 'release.json').read_text())
+    assert manifest['missing_runs'] == ['dtgff_cnn_s.cifar100', 'ff_cnn_s.cifar10']
+    assert manifest['released'][TAG]['repo_id'] == TAG_REPO
+    assert hub.main(['release', '--runs', str(runs), '--out', str(tmp_path / 'out2'), '--org', ORG,
+                     '--recipes', str(recipes)]) == 0
+    out = capsys.readouterr().out
+    assert f'{TAG_REPO}:' in out and 'no finished run for recipe ff_cnn_s.cifar10' in out
+
+
+def test_every_pretrained_tag_has_a_recipe_and_every_recipe_a_tag():
+    import train_ff
+    from timm_ff.recipe import check_recipe_keys, load_recipe
+    tags = set(timm.list_pretrained(['ff_*', 'dtgff_*']))
+    files = sorted((REPO / 'hub_configs').glob('*.yaml'))
+    recipes = {p.stem for p in files}
+    assert not tags - recipes, f'tags without hub_configs/<arch>.<tag>.yaml: {sorted(tags - recipes)}'
+    assert not recipes - tags, f'recipes without a pretrained tag: {sorted(recipes - tags)}'
+    allowed = {a.dest for a in train_ff.build_parser()._actions} - set(train_ff._NOT_IN_RECIPE) - {'help'}
+    for path in files:
+        recipe = load_recipe(str(path))
+        check_recipe_keys(recipe, allowed, str(path))
+        assert timm.models.split_model_name_tag(recipe.get('model', path.stem))[0] == path.stem.split('.')[0]
+
