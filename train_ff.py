@@ -24,7 +24,7 @@ DEFAULT_OUTPUT_ROOT = 'output/train'
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('-c', '--config', default='', help='recipe YAML (keys are the argument names below)')
+    p.add_argument('-c', '--config', default='', help='recipe YAML or hf-hub:ORG/NAME (keys are the argument names below)')
     g = p.add_argument_group('model and objective')
     g.add_argument('--model', default='dtgff_cnn_s', help='timm_ff model name, optionally with a pretrained tag')
     g.add_argument('--model-kwargs', default={}, type=json.loads, help='JSON dict of model kwargs (DTG-FF switches)')
@@ -69,11 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--log-with', default='jsonl', choices=['jsonl', 'tensorboard', 'none'], help='Accelerate tracker')
     g.add_argument('--log-every', default=20, type=int, help='log every N optimiser steps')
     g.add_argument('--no-progress', action='store_true', help='no tqdm bar')
+    g = p.add_argument_group('hub')
+    g.add_argument('--push-to-hub', default='', metavar='ORG/NAME', help='publish the finished run to this Hub repo')
+    g.add_argument('--hub-private', action='store_true', help='create the Hub repo private')
+    g.add_argument('--hub-revision', default='', help='Hub branch to push to (created if missing; default main)')
     return p
 
 
 # recipe keys that only make sense on a command line
-_NOT_IN_RECIPE = ('config', 'resume', 'output')
+_NOT_IN_RECIPE = ('config', 'resume', 'output', 'push_to_hub', 'hub_private', 'hub_revision')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,7 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
-        recipe = load_recipe(pre.config)
+        from timm_ff.hub import fetch_recipe
+        recipe = load_recipe(str(fetch_recipe(pre.config)))
         dests = {a.dest for a in parser._actions} - set(_NOT_IN_RECIPE) - {'help'}
         check_recipe_keys(recipe, dests, pre.config)
         parser.set_defaults(**recipe)
@@ -124,9 +129,10 @@ def build_model(args, num_classes: int, in_chans: int):
     ff_models = timm.list_models(['ff_*', 'dtgff_*'])
     if arch not in ff_models:
         raise ConfigError(f"unknown model {args.model!r}; timm_ff models: {', '.join(ff_models)}")
+    from timm_ff.hub import create_pretrained
+    create = create_pretrained if args.pretrained else timm.create_model
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes,
-                                  in_chans=in_chans, **args.model_kwargs)
+        model = create(args.model, num_classes=num_classes, in_chans=in_chans, **args.model_kwargs)
     except TypeError as e:
         raise ConfigError(f'bad --model-kwargs for {args.model}: {e}') from e
     if args.initial_checkpoint:
@@ -140,6 +146,9 @@ def build_model(args, num_classes: int, in_chans: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_args(args)
+    if args.push_to_hub:
+        from timm_ff.hub import check_repo_id
+        check_repo_id(args.push_to_hub)  # fail before training, not after
     import timm
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
@@ -246,6 +255,10 @@ def main(argv=None) -> int:
                        seed=args.seed, git_commit=run_info['git_commit'])
         write_json_atomic(out_dir / 'metrics.json', metrics)  # written last: its presence marks a finished run
         accelerator.print(f"done: fused accuracy {metrics['accuracy']:.2f}% -> {out_dir}")
+        if args.push_to_hub:
+            from timm_ff.hub import publish_run
+            publish_run(out_dir, args.push_to_hub, private=args.hub_private, revision=args.hub_revision or None)
+            accelerator.print(f'pushed to {args.push_to_hub}')
     accelerator.wait_for_everyone()
     accelerator.end_training()  # also tears down the process group: keep it last
     return 0

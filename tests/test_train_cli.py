@@ -77,6 +77,8 @@ BAD_INPUTS = [
     (['-c', '{recipe}'], "unknown recipe key 'bogus_key'"),
     (['-c', '/nonexistent.yaml'], "recipe '/nonexistent.yaml' does not exist"),
     (['--opt', 'nope'], "unknown --opt 'nope'"),
+    (['--model', 'dtgff_cnn_s.cifar10', '--pretrained'], 'local-dir:'),
+    (['--push-to-hub', 'not/a/repo id'], "'not/a/repo id'"),
 ]
 
 
