@@ -8,20 +8,20 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import timm
+import torch
 
 import timm_ff
-from timm_ff import ConfigError
+from timm_ff import ConfigError, create_objective
+from timm_ff.models._ffnet import _CHOICES
+from timm_ff.task import LocalTask
 
 # Never '*ff*': that pattern also matches timm's own efficientnets.
 MODELS = timm.list_models(['ff_*', 'dtgff_*'])
 PRETRAINED = timm.list_pretrained(['ff_*', 'dtgff_*'])
 NON_SPATIAL = {'ff_mlp', 'dtgff_mlp'}
-SPATIAL = [m for m in MODELS if m not in NON_SPATIAL]
 DTGFF = [m for m in MODELS if m.startswith('dtgff_')]
 CLASSIC_FF = [m for m in MODELS if m.startswith('ff_')]
-RESNETS = [m for m in MODELS if '_resnet' in m]
 
 # Expected data settings of each pretrained tag.
 TAG_SPEC = {
@@ -53,14 +53,13 @@ def _perturb(model: torch.nn.Module):
                 b.add_(0.1 * torch.randn(b.shape, generator=gen))
 
 
-def test_registry_is_complete():
-    assert set(MODELS) == {
-        'dtgff_cnn_m', 'dtgff_cnn_s', 'dtgff_mlp', 'dtgff_resnet18', 'dtgff_resnet34',
-        'ff_cnn_m', 'ff_cnn_s', 'ff_mlp', 'ff_resnet18', 'ff_resnet34'}
-    # '*ff*' would also pick up timm's efficientnets: the registry must not depend on it.
-    assert not any(m.startswith('efficientnet') for m in MODELS)
+def test_registry():
+    assert {'dtgff_resnet18', 'ff_resnet18', 'dtgff_cnn_s', 'ff_cnn_s', 'dtgff_mlp', 'ff_mlp'} <= set(MODELS)
+    assert NON_SPATIAL <= set(MODELS)
     for name in MODELS:
+        assert timm.is_model(name) and 'timm_ff' in timm.models.model_entrypoint(name).__module__
         assert any(p.split('.')[0] == name for p in PRETRAINED), f'{name} has no pretrained tag'
+    assert set(DTGFF) | set(CLASSIC_FF) == set(MODELS)
 
 
 @pytest.mark.timeout(120)
@@ -95,6 +94,16 @@ def test_model_default_cfgs(model_name):
     cfg = model.pretrained_cfg
     assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
     assert model.num_classes == cfg['num_classes']
+    # timm's checkpoint helpers (classifier reset, in_chans adaptation) find these by name
+    state_dict = model.state_dict()
+    classifiers = cfg['classifier'] if isinstance(cfg['classifier'], (tuple, list)) else (cfg['classifier'],)
+    for c in classifiers:
+        assert c + '.weight' in state_dict, f'classifier {c} not in the state dict'
+    assert cfg['first_conv'] + '.weight' in state_dict
+    c, h, w = cfg['input_size']
+    first = model.get_submodule(cfg['first_conv']).weight
+    assert first.shape[1] == (c if model_name not in NON_SPATIAL else c * h * w)
+
     x = _input(model, 2)
     spatial = model_name not in NON_SPATIAL
     with torch.no_grad():
@@ -113,22 +122,12 @@ def test_model_default_cfgs(model_name):
         assert model.num_classes == 0
         out = model(x)
         assert out.shape == (2, model.num_features) == pre_logits.shape
+        torch.testing.assert_close(out, pre_logits)
         if spatial:
             model.reset_classifier(0, '')
             out = model(x)
             assert out.ndim == 4 and out.shape[-2:] == tuple(cfg['pool_size'])
             assert out.shape[1] == model.num_features
-
-    # timm's checkpoint helpers (classifier reset, in_chans adaptation) find these by name
-    state_dict = model.state_dict()
-    fresh_sd = timm.create_model(model_name).state_dict()
-    classifiers = cfg['classifier'] if isinstance(cfg['classifier'], (tuple, list)) else (cfg['classifier'],)
-    for c in classifiers:
-        assert c + '.weight' in fresh_sd, f'classifier {c} not in the state dict'
-    assert cfg['first_conv'] + '.weight' in state_dict
-    c, h, w = cfg['input_size']
-    first = model.get_submodule(cfg['first_conv']).weight
-    assert first.shape[1] == (c if spatial else c * h * w)
 
 
 @pytest.mark.timeout(60)
@@ -157,7 +156,6 @@ def test_model_reset_classifier(model_name):
     x = _input(model, 2)
     with torch.no_grad():
         assert model(x).shape == (2, 5)
-        assert all(z.shape == (2, 5) for z in model.forward_unit_logits(x))
 
 
 @pytest.mark.timeout(60)
@@ -187,6 +185,46 @@ def test_model_features_only(model_name):
         assert o.shape[:2] == (2, c)
         if model_name not in NON_SPATIAL:
             assert o.shape[-1] == x.shape[-1] // r
+
+
+# every DTG-FF switch (FF_KWARGS) and each of its values, on the two small DTG-FF models
+SWITCHES = [(k, v) for k, vals in _CHOICES.items() for v in vals] + [
+    ('label_embed', True), ('decoupled', False), ('goodness_groups', 4), ('goodness_patches', 3),
+    ('fuse_last', 2), ('t_min', 0.25), ('t_max', 8.0), ('t_init', 2.0), ('t_momentum', 0.0)]
+
+
+def test_switches_cover_ff_kwargs():
+    assert {k for k, _ in SWITCHES} == set(timm_ff.FF_KWARGS)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('key,value', SWITCHES, ids=[f'{k}={v}' for k, v in SWITCHES])
+@pytest.mark.parametrize('model_name', ['dtgff_cnn_s', 'dtgff_mlp'])
+def test_ff_switch(model_name, key, value):
+    """Each switch builds, trains one LocalTask step with finite loss, predicts, and is recorded."""
+    if model_name in NON_SPATIAL and key == 'goodness' and value != 'channel':
+        with pytest.raises(ConfigError, match='non-spatial'):
+            timm.create_model(model_name, **{key: value})
+        return
+    extra = {}
+    if key == 'label_embed' and value:
+        # classic FF scores labels only at eval, so nothing could train learned fusion weights
+        with pytest.raises(ConfigError, match="fusion='learned'"):
+            timm.create_model(model_name, **{key: value})
+        extra = dict(fusion='mean')
+    model = timm.create_model(model_name, **{key: value}, **extra).train()
+    assert model.model_args[key] == value and model.ff_cfg[key] == value
+    objective = create_objective('ff' if model.label_embed_enabled else 'dtg')
+    x = _input(model, 4)
+    y = torch.arange(4) % model.num_classes
+    task = LocalTask(model.local_units(), objective, model.num_classes, fusion=model.fusion)
+    result = task.step(x, y, backward=lambda loss: loss.backward())
+    assert torch.isfinite(torch.tensor(result.loss))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (4, model.num_classes) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize('model_name', DTGFF)
@@ -224,6 +262,8 @@ def test_pretrained_tags(tag_name):
     assert tuple(cfg['mean']) == spec['mean']
     assert len(cfg['std']) == len(cfg['mean']) == spec['input_size'][0]
     assert model.model_args['in_chans'] == spec['input_size'][0]
+    data_cfg = timm.data.resolve_data_config({}, model=model)  # what timm's loaders will use
+    assert data_cfg['input_size'] == spec['input_size'] and data_cfg['mean'] == spec['mean']
     assert model.model_args['num_classes'] == spec['num_classes']
     if cfg.get('label_names') is not None:
         assert len(cfg['label_names']) == spec['num_classes']
@@ -255,10 +295,9 @@ def test_save_for_hf_round_trip(model_name, tmp_path):
     assert config['architecture'] == model_name
     assert config['model_args'] == args
 
-    kwargs = {k: v for k, v in config['model_args'].items() if k != 'num_classes'}
+    # weights only here (the model's own defaults); recreating from model_args is the next test
     loaded = timm.create_model(model_name, pretrained=True,
-                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')),
-                               **kwargs).eval()
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors'))).eval()
     for name, b in loaded.named_buffers():
         if name.endswith('t_history'):
             assert b.item() == 2.5, f'{name} did not round-trip'
@@ -269,6 +308,29 @@ def test_save_for_hf_round_trip(model_name, tmp_path):
         fresh = timm.create_model(model_name).eval()(x)
     assert torch.equal(ref, out)
     assert not torch.allclose(ref, fresh), 'a fresh model matches too: the test could not fail'
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('model_name', MODELS)
+def test_model_args_recreate_model(model_name, tmp_path):
+    """config.json's model_args rebuild the same model (what timm does for 'hf-hub:' ids).
+
+    timm merges config['model_args'] into the kwargs of the entry point, so every key there must
+    be accepted by ``timm.create_model(name, **model_args)``.
+    """
+    model = timm.create_model(model_name, goodness_groups=4, fusion='mean')  # non-default kwargs too
+    _perturb(model)
+    model.eval()
+    timm.models.save_for_hf(model, tmp_path, model_args=model.model_args, safe_serialization=True)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    kwargs = {k: v for k, v in config['model_args'].items() if k != 'num_classes'}
+    loaded = timm.create_model(model_name, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')),
+                               **kwargs).eval()
+    assert loaded.model_args == model.model_args
+    x = _input(model, 2)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -282,20 +344,22 @@ def test_unknown_model_kwarg(model_name):
         assert allowed in msg
 
 
-@pytest.mark.parametrize('key,value,allowed', [
+_BAD_CHOICES = [
     ('temperature', 'warm', ('dynamic', 'fixed')),
     ('fusion', 'bad', ('learned', 'mean', 'last')),
     ('goodness', 'x', ('channel', 'patch', 'channel_patch')),
     ('unit_norm', 'x', ('layernorm', 'length', 'none')),
     ('goodness_reduce', 'x', ('mean', 'sum')),
     ('head_proj', 'x', ('learned', 'fixed')),
-    ('stem', 'x', ('cifar', 'imagenet')),
-    ('unit_size', 'x', ('block', 'stage')),
-])
-@pytest.mark.parametrize('model_name', ['dtgff_resnet18', 'ff_resnet18', 'dtgff_cnn_s', 'dtgff_mlp'])
+]
+_RESNET_CHOICES = [('stem', 'x', ('cifar', 'imagenet')), ('unit_size', 'x', ('block', 'stage'))]
+_BAD_CHOICE_CASES = [(m, *c) for m in ('dtgff_resnet18', 'ff_resnet18', 'dtgff_cnn_s', 'dtgff_mlp')
+                     for c in _BAD_CHOICES + (_RESNET_CHOICES if '_resnet' in m else [])]
+
+
+@pytest.mark.parametrize('model_name,key,value,allowed', _BAD_CHOICE_CASES,
+                         ids=[f'{m}-{k}' for m, k, _, _ in _BAD_CHOICE_CASES])
 def test_bad_choice_value(model_name, key, value, allowed):
-    if key in ('stem', 'unit_size') and '_resnet' not in model_name:
-        pytest.skip('ResNet-only kwarg')
     with pytest.raises(ConfigError) as e:
         timm.create_model(model_name, **{key: value})
     msg = str(e.value)
@@ -304,28 +368,31 @@ def test_bad_choice_value(model_name, key, value, allowed):
         assert a in msg
 
 
+@pytest.mark.parametrize('model_name', ['dtgff_cnn_s', 'dtgff_mlp'])
+def test_resnet_only_kwargs_are_unknown_elsewhere(model_name):
+    for key in ('stem', 'unit_size'):
+        with pytest.raises(ConfigError, match=f"unknown model kwarg '{key}'"):
+            timm.create_model(model_name, **{key: 'cifar'})
+
+
 @pytest.mark.parametrize('model_name', MODELS)
 def test_bad_input_shape(model_name):
-    """Wrong channels / too small / wrong vector length: a ValueError naming the caller's shape.
-
-    Classic FF models (label_embed=True) currently fail this: forward_unit_logits checks the
-    label-repeated batch, so model(x) reports (B*K, ...) instead of the shape that was passed.
-    """
+    """Wrong channels / too small / wrong vector length: a ValueError naming the caller's shape
+    (for classic FF models too, whose forward repeats the batch once per label)."""
     model = timm.create_model(model_name).eval()
     c, h, w = model.pretrained_cfg['input_size']
-    bad = [torch.randn(2, c + 1, h, w)]
+    bad = [(torch.randn(2, c + 1, h, w), '(2, %d, %d, %d)' % (c + 1, h, w))]
     if model_name in NON_SPATIAL:
-        bad.append(torch.randn(2, c * h * w - 1))  # wrong vector length
+        bad.append((torch.randn(2, c * h * w - 1), '(2, %d)' % (c * h * w - 1)))  # wrong vector length
     else:
-        bad.append(torch.randn(2, c, 4, 4))  # smaller than the total stride
+        bad.append((torch.randn(2, c, 4, 4), '(4, 4)'))  # smaller than the total stride
     with torch.no_grad():
-        for x in bad:
+        for x, shape in bad:
             for fn in (model.forward_features, model):
                 with pytest.raises(ValueError) as e:
                     fn(x)
                 # the message names the shape the caller passed (not an internal, label-repeated batch)
-                assert str(tuple(x.shape)) in str(e.value) or str(tuple(x.shape[-2:])) in str(e.value), \
-                    f'{getattr(fn, "__name__", "model")}: {e.value}'
+                assert shape in str(e.value), f'{getattr(fn, "__name__", "model(x)")}: {e.value}'
 
 
 def test_unknown_model_name():

@@ -124,6 +124,9 @@ class FFNet(nn.Module):
     ):
         cfg = dict(FF_KWARGS)
         cfg.update(ff_kwargs)
+        if cfg['label_embed'] and cfg['fusion'] == 'learned':
+            raise ConfigError("fusion='learned' needs every unit's class logits in each training step, but classic FF "
+                              "models (label_embed=True) score labels only at eval; use fusion='mean' or 'last'")
         self.ff_cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -141,7 +144,8 @@ class FFNet(nn.Module):
                 stem=stem if u == 0 else None,
                 label_embed=self._make_label_embed(stem_chs) if u == 0 else None,
             ))
-        self.units = nn.ModuleList(units)  # registered first: timm's FeatureListNet walks children in order
+        # an nn.Sequential registered first: timm's FeatureListNet walks (and flattens) children in order
+        self.units = nn.Sequential(*units)
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool)) if spatial else nn.Identity()
         self.fusion = LogitFusion(len(units), cfg['fusion'], cfg['fuse_last'])
         self._stem_chs = stem_chs
@@ -216,10 +220,10 @@ class FFNet(nn.Module):
                 x, z = unit(x, with_logits=True)
                 out.append(z)
             return out
+        self.check_input(x)
         B, K = x.shape[0], self.num_classes
         xs = x.repeat_interleave(K, dim=0)
         labels = torch.arange(K, device=x.device).repeat(B)
-        self.check_input(xs)
         out = []
         for u, unit in enumerate(self.units):
             xs, g = unit(xs, labels=labels if u == 0 else None, with_logits=True)

@@ -105,8 +105,8 @@ def dtgff_cnn_s(pretrained: bool = False, **kwargs) -> FFCNN:
 @register_model
 def dtgff_cnn_m(pretrained: bool = False, **kwargs) -> FFCNN:
     """DTG-FF medium CNN (4 two-conv units, 64-512 channels)."""
-    return _create_ff_cnn('dtgff_cnn_m', pretrained, DTGFF_DEFAULTS, channels=(64, 128, 256, 512),
-                          convs_per_unit=2, **kwargs)
+    return _create_ff_cnn('dtgff_cnn_m', pretrained, dict(DTGFF_DEFAULTS, channels=(64, 128, 256, 512),
+                                                            convs_per_unit=2), **kwargs)
 
 
 @register_model
@@ -118,5 +118,5 @@ def ff_cnn_s(pretrained: bool = False, **kwargs) -> FFCNN:
 @register_model
 def ff_cnn_m(pretrained: bool = False, **kwargs) -> FFCNN:
     """Classic FF medium CNN."""
-    return _create_ff_cnn('ff_cnn_m', pretrained, FF_DEFAULTS, channels=(64, 128, 256, 512),
-                          convs_per_unit=2, **kwargs)
+    return _create_ff_cnn('ff_cnn_m', pretrained, dict(FF_DEFAULTS, channels=(64, 128, 256, 512),
+                                                         convs_per_unit=2), **kwargs)

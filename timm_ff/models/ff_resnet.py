@@ -64,7 +64,7 @@ class FFResNet(FFNet):
             raise ValueError(f'layers {layers} and channels {channels} must have the same length')
         c0 = channels[0]
         norm = norm_layer(ff_kwargs.get('norm', 'batchnorm'))
-        bias = norm is nn.Identity  # without a norm the convs need their own bias
+        bias = norm is nn.Identity  # without a norm the stem conv gets a bias (timm's BasicBlock convs stay bias-free)
         if stem == 'cifar':
             stem_mod = sequential(conv=nn.Conv2d(in_chans, c0, 3, 1, 1, bias=bias), bn=norm(c0),
                                   act=nn.ReLU(inplace=True))
@@ -153,22 +153,22 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def dtgff_resnet18(pretrained: bool = False, **kwargs) -> FFResNet:
     """DTG-FF ResNet-18 (8 block units)."""
-    return _create_ff_resnet('dtgff_resnet18', pretrained, DTGFF_DEFAULTS, layers=(2, 2, 2, 2), **kwargs)
+    return _create_ff_resnet('dtgff_resnet18', pretrained, dict(DTGFF_DEFAULTS, layers=(2, 2, 2, 2)), **kwargs)
 
 
 @register_model
 def dtgff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
     """DTG-FF ResNet-34 (16 block units)."""
-    return _create_ff_resnet('dtgff_resnet34', pretrained, DTGFF_DEFAULTS, layers=(3, 4, 6, 3), **kwargs)
+    return _create_ff_resnet('dtgff_resnet34', pretrained, dict(DTGFF_DEFAULTS, layers=(3, 4, 6, 3)), **kwargs)
 
 
 @register_model
 def ff_resnet18(pretrained: bool = False, **kwargs) -> FFResNet:
     """Classic FF ResNet-18 (label in the input, threshold goodness)."""
-    return _create_ff_resnet('ff_resnet18', pretrained, FF_DEFAULTS, layers=(2, 2, 2, 2), **kwargs)
+    return _create_ff_resnet('ff_resnet18', pretrained, dict(FF_DEFAULTS, layers=(2, 2, 2, 2)), **kwargs)
 
 
 @register_model
 def ff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
     """Classic FF ResNet-34 (label in the input, threshold goodness)."""
-    return _create_ff_resnet('ff_resnet34', pretrained, FF_DEFAULTS, layers=(3, 4, 6, 3), **kwargs)
+    return _create_ff_resnet('ff_resnet34', pretrained, dict(FF_DEFAULTS, layers=(3, 4, 6, 3)), **kwargs)
