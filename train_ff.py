@@ -181,13 +181,14 @@ def main(argv=None) -> int:
     if (out_dir / 'metrics.json').exists() and not args.resume:
         raise ConfigError(f'{out_dir} already holds a finished run (metrics.json); pick another --output '
                           'or pass --resume to continue it')
-    trackers = {'jsonl': [JSONLinesTracker('train', str(out_dir))], 'tensorboard': ['tensorboard'], 'none': None}
+    trackers = {'jsonl': lambda: [JSONLinesTracker('train', str(out_dir))], 'tensorboard': lambda: ['tensorboard'],
+                'none': lambda: None}
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.grad_accum_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=objective.find_unused_parameters)],
-        log_with=trackers[args.log_with],
+        log_with=trackers[args.log_with](),
         project_dir=str(out_dir),
     )
     set_seed(args.seed)
