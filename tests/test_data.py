@@ -66,7 +66,29 @@ def test_sample_fallback_when_offline(offline):
     assert (data.image_column, data.label_column, data.num_classes) == ('img', 'label', 10)
     assert data.class_names == CIFAR_CLASSES
     assert 'bundled CIFAR-10 sample (950 train / 500 test images)' in data.source
-    assert 'could not be reached' in data.source
+    assert 'could not be loaded (HF_HUB_OFFLINE=1 is set and it is not in the datasets cache)' in data.source
+
+
+def test_unreachable_hub_uses_cache_only(monkeypatch):
+    """Without HF_HUB_OFFLINE, an unreachable Hub is found by a probe and datasets asked for its cache only."""
+    import huggingface_hub.constants
+    dead = 'http://127.0.0.1:9'
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', dead)
+    monkeypatch.setattr(data_mod.datasets.config, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(data_mod.datasets.config, 'HF_ENDPOINT', dead)
+    real, offline_during_call = data_mod.load_dataset, []
+
+    def spy(path, *args, **kwargs):
+        if path not in ('parquet', 'imagefolder'):
+            offline_during_call.append(data_mod.datasets.config.HF_HUB_OFFLINE)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_mod, 'load_dataset', spy)
+    data = load_image_datasets('cifar10')
+    assert data.is_sample and offline_during_call == [True]
+    assert f'the Hub at {dead} cannot be reached' in data.source
+    assert data_mod.datasets.config.HF_HUB_OFFLINE is False
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -75,7 +97,7 @@ def test_sample_fallback_when_offline(offline):
     {'name': 'cifar100'},
 ])
 def test_no_fallback_gives_clear_error(offline, kwargs):
-    with pytest.raises(DataError, match=r"could not be reached.*--data-dir.*parquet folder or image folder.*shared/data"):
+    with pytest.raises(DataError, match=r"could not be loaded.*--data-dir.*parquet folder or image folder.*shared/data"):
         load_image_datasets(**kwargs)
 
 

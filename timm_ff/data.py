@@ -9,12 +9,13 @@ Transforms come from timm (``timm.data.create_transform``) and follow the model'
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import datasets
 import timm.data
@@ -23,6 +24,7 @@ from datasets import load_dataset
 from torch.utils.data import DataLoader
 
 from timm_ff.errors import DataError
+from timm_ff.hub._common import hub_unavailable
 
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
@@ -270,23 +272,37 @@ def load_image_datasets(name: str | None = None, data_dir: str | None = None,
     if spec is None:
         raise DataError(f"no dataset given; pass a dataset name (one of {', '.join(list_datasets())}) "
                         "or data_dir (--data-dir) with a local parquet or image folder")
+    unreachable = hub_unavailable()
     try:
-        dd = load_dataset(spec.hub_id, spec.config)
+        with _datasets_offline(unreachable is not None):
+            dd = load_dataset(spec.hub_id, spec.config)
     except (ConnectionError, OSError) as exc:
+        why = f'{unreachable} and it is not in the datasets cache' if unreachable else str(exc)
         if allow_sample_fallback and name == 'cifar10' and label_column in (None, 'label') \
                 and image_column in (None, 'img'):
             sample, _ = _load_local(str(SAMPLE_DIR))
             counts = f"{sample['train'].num_rows} train / {sample['test'].num_rows} test images"
-            source = (f"bundled CIFAR-10 sample ({counts}) because the Hub id {spec.hub_id!r} could not be "
-                      "reached; pass --data-dir with the full data for real results")
+            source = (f"bundled CIFAR-10 sample ({counts}) because the Hub id {spec.hub_id!r} could not be loaded "
+                      f"({why}); pass --data-dir with the full data for real results")
             return _select(sample, 'the bundled CIFAR-10 sample', source, spec, label_column, image_column,
                            train_split, eval_split, is_sample=True)
-        raise DataError(f"Hub dataset {spec.hub_id!r} could not be reached ({exc}); pass --data-dir with a "
+        raise DataError(f"Hub dataset {spec.hub_id!r} could not be loaded ({why}); pass --data-dir with a "
                         "local parquet folder or image folder (e.g. a ../shared/data/<name> folder with "
                         "<split>-00000-of-00001.parquet files) or go online") from exc
     return _select(dd, f'Hub dataset {spec.hub_id!r}', f'Hugging Face Hub {spec.hub_id!r}'
                    + (f' (config {spec.config!r})' if spec.config else ''),
                    spec, label_column, image_column, train_split, eval_split)
+
+
+@contextlib.contextmanager
+def _datasets_offline(offline: bool) -> Iterator[None]:
+    """Make ``datasets`` use only its cache while ``offline`` (it reads ``HF_HUB_OFFLINE`` at import)."""
+    saved = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
 
 
 def _fit_channels(values: Any, in_chans: int, key: str) -> tuple[float, ...]:

@@ -1,54 +1,29 @@
 """Downloads from the Hub with clear offline errors: files, recipes, pretrained models, checkpoints.
 
-Offline (``HF_HUB_OFFLINE=1``) or with the Hub unreachable (a short TCP probe instead of
-huggingface_hub's retries), only the cache is used and anything missing fails at once with a
+Offline (``HF_HUB_OFFLINE=1``) or with the Hub unreachable (:func:`hub_unavailable`, a short TCP
+probe instead of huggingface_hub's retries), only the cache is used and anything missing fails at once with a
 :class:`HubError` naming the local alternatives.
 """
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
-from urllib.parse import urlsplit
 
 import torch
 import yaml
 from timm.models import load_checkpoint
 
 from ..errors import CheckpointError, HubError
-from ._common import CONFIG_NAME, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_NAME, check_repo_id
+from ._common import CONFIG_NAME, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_NAME, check_repo_id, hub_unavailable
 from .integrity import _state_shapes, read_safetensors_header
 
 __all__ = ['hub_download', 'fetch_recipe', 'create_pretrained', 'load_initial_checkpoint']
 
 _logger = logging.getLogger(__name__)
 
-_PROBE_TIMEOUT_S = 3.0
-_PROXY_VARS = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
-
 
 # ------------------------------------------------------------------------------------ downloading
-def _hub_unavailable() -> Optional[str]:
-    """Why the Hub cannot be reached right now (offline mode, no route), or None if it may be.
-
-    A short TCP probe of ``HF_ENDPOINT`` replaces huggingface_hub's retries (~25 s per file),
-    so an unreachable Hub fails at once. With a proxy configured the probe is skipped.
-    """
-    from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:
-        return 'HF_HUB_OFFLINE=1 is set'
-    if any(os.environ.get(v) for v in _PROXY_VARS):
-        return None
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == 'https' else 80)
-    try:
-        with socket.create_connection((url.hostname or '', port), timeout=_PROBE_TIMEOUT_S):
-            return None
-    except OSError as e:
-        return f'the Hub at {constants.ENDPOINT} cannot be reached ({e})'
-
-
 def _split_hub_source(source: str) -> Tuple[str, Optional[str]]:
     """``'hf-hub:ORG/NAME@REV'`` (prefix optional) -> ``('ORG/NAME', 'REV')``."""
     repo_id, _, revision = source.removeprefix(HF_HUB_PREFIX).partition('@')
@@ -94,7 +69,7 @@ def hub_download(repo_id: str, filename: str, revision: Optional[str] = None) ->
     Offline (``HF_HUB_OFFLINE=1``) or with the Hub unreachable only the cache is used, and a
     missing file fails at once with a :class:`HubError` naming the local alternatives.
     """
-    return _download(check_repo_id(repo_id), filename, revision, _hub_unavailable())
+    return _download(check_repo_id(repo_id), filename, revision, hub_unavailable())
 
 
 def _recipe_cache_dir() -> Path:
@@ -176,7 +151,7 @@ def create_pretrained(name: str, **kwargs: Any) -> torch.nn.Module:
     hub_name = name[len(HF_HUB_PREFIX):] if name.startswith(HF_HUB_PREFIX) else _tag_hub_id(name, kwargs)
     if hub_name is not None:
         _split_hub_source(hub_name)
-        reason = _hub_unavailable()
+        reason = hub_unavailable()
         if reason is not None:
             name, kwargs = _local_fallback(name, kwargs, reason)
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..errors import HubError
-from ._common import CARD_NAME, CONFIG_NAME, UPLOAD_FILES, WEIGHTS_NAME, PathLike, check_repo_id, staged_files
+from ._common import (CARD_NAME, CONFIG_NAME, UPLOAD_FILES, WEIGHTS_NAME, PathLike, check_repo_id, hub_unavailable,
+                      staged_files)
 from .card import model_card
-from .download import _hub_unavailable
 from .integrity import validate_run_folder
 
 __all__ = ['build_upload_folder', 'upload_folder', 'publish_run']
@@ -43,7 +43,7 @@ def build_upload_folder(run_dir: PathLike, out_dir: PathLike, repo_id: str) -> P
 
 def _require_hub_for_upload(repo_id: str) -> None:
     """Raise :class:`HubError` at once if an upload to ``repo_id`` cannot reach the Hub."""
-    reason = _hub_unavailable()
+    reason = hub_unavailable()
     if reason is not None:
         raise HubError(f'cannot upload to Hub repo {repo_id!r}: {reason}; '
                        'use --dry-run DIR (dry_run=True) to only write the upload folder')
