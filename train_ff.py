@@ -159,7 +159,7 @@ def main(argv=None) -> int:
 
     import timm_ff
     from timm_ff.data import create_loaders, get_dataset_spec, load_image_datasets
-    from timm_ff.errors import ConfigError
+    from timm_ff.errors import ConfigError, HubError
     from timm_ff.hub import save_model_folder
     from timm_ff.recipe import dump_recipe
     from timm_ff.trainer import JSONLinesTracker, LocalTrainer, write_json_atomic
@@ -249,6 +249,7 @@ def main(argv=None) -> int:
         max_train_steps=args.max_train_steps, seed=args.seed, progress=not args.no_progress)
     metrics = trainer.fit(resume=args.resume or None)
     accelerator.wait_for_everyone()
+    push_error = ''
     if accelerator.is_main_process:
         save_model_folder(model, out_dir, extra_config={'timm_ff': dict(recipe=recipe, run_info=run_info,
                                                                         metrics={k: v for k, v in metrics.items() if k != 'history'})})
@@ -257,12 +258,28 @@ def main(argv=None) -> int:
         write_json_atomic(out_dir / 'metrics.json', metrics)  # written last: its presence marks a finished run
         accelerator.print(f"done: fused accuracy {metrics['accuracy']:.2f}% -> {out_dir}")
         if args.push_to_hub:
-            from timm_ff.hub import publish_run
-            publish_run(out_dir, args.push_to_hub, private=args.hub_private, revision=args.hub_revision or None)
-            accelerator.print(f'pushed to {args.push_to_hub}')
+            push_error = _push(out_dir, args)
+            if not push_error:
+                accelerator.print(f'pushed to {args.push_to_hub}')
     accelerator.wait_for_everyone()
     accelerator.end_training()  # also tears down the process group: keep it last
+    if push_error:
+        raise HubError(push_error)
     return 0
+
+
+def _push(out_dir: Path, args: argparse.Namespace) -> str:
+    """Publish the finished run; on failure return the error with how to retry (the run stays as it is)."""
+    from timm_ff.errors import HubError
+    from timm_ff.hub import publish_run
+    try:
+        publish_run(out_dir, args.push_to_hub, private=args.hub_private, revision=args.hub_revision or None)
+    except HubError as e:
+        retry = ' --private' if args.hub_private else ''
+        retry += f' --revision {args.hub_revision}' if args.hub_revision else ''
+        return (f'{e}; the finished run is kept in {out_dir}: publish it later with '
+                f'python -m timm_ff.hub push {out_dir} {args.push_to_hub}{retry}')
+    return ''
 
 
 def cli(argv=None) -> int:

@@ -16,7 +16,7 @@ QUICK = ['--batch-size', '64', '--no-progress', '--log-every', '2']
 
 
 def env(**extra) -> dict:
-    e = dict(os.environ, HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', OMP_NUM_THREADS='1', **extra)
+    e = dict(os.environ, HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', OMP_NUM_THREADS='1')
     e.pop('ACCELERATE_USE_CPU', None)
     e.update(extra)
     return e

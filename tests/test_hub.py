@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import timm_ff
 from timm_ff import CheckpointError, HubError, hub
+from timm_ff.data import SAMPLE_DIR
 
 from _cli import REPO, assert_ok, run_train
 from _hub_server import LocalHub, client_env, find_olah_cli, free_port
@@ -389,6 +390,41 @@ print(json.dumps(res))
             assert all(h in msg for h in OFFLINE_HINTS), msg
 
 
+def test_dropped_connection_is_a_hub_error(trained_run, tmp_path):
+    """The Hub accepts the connection, then drops it: every call ends in a HubError, not a client traceback."""
+    code = f'''
+import json, os, socket, sys, threading
+server = socket.create_server(('127.0.0.1', 0))
+
+def drop():
+    while True:
+        conn, _ = server.accept()
+        conn.recv(100)
+        conn.close()
+
+threading.Thread(target=drop, daemon=True).start()
+os.environ['HF_ENDPOINT'] = 'http://127.0.0.1:%d' % server.getsockname()[1]
+from timm_ff import HubError, hub
+res = {{}}
+for name, fn in [('push', lambda: hub.publish_run(sys.argv[1], '{ORG}/x', token='hf_test')),
+                 ('hf_hub', lambda: hub.create_pretrained('hf-hub:{ORG}/x')),
+                 ('download', lambda: hub.hub_download('{ORG}/x', 'config.json'))]:
+    try:
+        fn()
+        res[name] = 'no error'
+    except HubError as e:
+        res[name] = str(e)
+print(json.dumps(res))
+'''
+    env = client_env('http://127.0.0.1:1', tmp_path / 'hf_home', HF_HUB_ETAG_TIMEOUT='5', HF_HUB_DOWNLOAD_TIMEOUT='5')
+    proc = run_py(code, trained_run, env=env, timeout=240)
+    assert_ok(proc)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(res) == {'push', 'hf_hub', 'download'}
+    for name, msg in res.items():
+        assert f'{ORG}/x' in msg and msg != 'no error', (name, msg)
+
+
 # ----------------------------------------------------------------------------- through the Hub
 def test_train_publish_download_gives_identical_outputs(trained_run, fixed_input, downloads, local_hub):
     """The closed loop: train -> publish_run/CLI push -> olah -> timm.create_model('hf-hub:...')."""
@@ -402,6 +438,43 @@ def test_train_publish_download_gives_identical_outputs(trained_run, fixed_input
     assert local_hub.store.created[LOOP_REPO].get('visibility') == 'private'  # --private reached create_repo
     assert f'{ORG}/no-such-repo' in res['missing_repo'] and 'not found' in res['missing_repo']
     assert not [line for line in local_hub.log if ' -> 5' in line], local_hub.log
+
+
+def test_train_ff_push_to_hub(local_hub, tmp_path):
+    """train_ff.py --push-to-hub publishes the finished run; the Hub then serves its exact files."""
+    repo, out = f'{ORG}/cli-push', tmp_path / 'run'
+    hub_env = {k: v for k, v in local_hub.env(tmp_path / 'hf_home').items() if k.startswith('HF_')}
+    proc = run_train('--model', 'dtgff_cnn_s', '--epochs', '1', '--max-train-steps', '2', '--data-dir', SAMPLE_DIR,
+                     '--output', out, '--push-to-hub', repo, **hub_env)
+    assert_ok(proc)
+    assert f'pushed to {repo}' in proc.stdout
+    code = f'''
+import sys
+from timm_ff import hub
+for name in ('model.safetensors', 'config.json', 'README.md'):
+    print(hub.hub_download('{repo}', name))
+'''
+    proc = run_py(code, env=local_hub.env(tmp_path / 'hf_home_pull'))
+    assert_ok(proc)
+    weights, config, card = (Path(p) for p in proc.stdout.strip().splitlines()[-3:])
+    assert weights.read_bytes() == (out / 'model.safetensors').read_bytes()
+    assert json.loads(config.read_text()) == json.loads((out / 'config.json').read_text())
+    assert front_matter(card.read_text())['library_name'] == 'timm'
+
+
+def test_train_ff_failed_push_keeps_the_run(tmp_path):
+    """A push that cannot happen ends in one error line saying how to publish later; the run is complete."""
+    out = tmp_path / 'run'
+    dead = client_env(f'http://127.0.0.1:{free_port()}', tmp_path / 'hf_home')
+    proc = run_train('--model', 'dtgff_cnn_s', '--epochs', '1', '--max-train-steps', '2', '--data-dir', SAMPLE_DIR,
+                     '--output', out, '--push-to-hub', f'{ORG}/x', '--hub-revision', 'dev',
+                     **{k: v for k, v in dead.items() if k.startswith('HF_')})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'cannot be reached' in errors[0], proc.stderr[-3000:]
+    assert f'python -m timm_ff.hub push {out} {ORG}/x --revision dev' in errors[0]
+    assert (out / 'metrics.json').is_file() and (out / 'model.safetensors').is_file()
 
 
 def test_pretrained_tag_resolves_through_the_local_hub(trained_run, fixed_input, downloads):

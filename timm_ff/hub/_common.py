@@ -9,14 +9,15 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from ..errors import HubError
 
 __all__ = [
     'PathLike', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'UPLOAD_FILES', 'CARD_TAGS', 'LICENSE',
-    'HF_HUB_PREFIX', 'LOCAL_DIR_PREFIX', 'check_repo_id', 'hub_unavailable', 'staged_files',
+    'HF_HUB_PREFIX', 'LOCAL_DIR_PREFIX', 'check_repo_id', 'connection_errors', 'hub_unavailable',
+    'staged_files',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -58,6 +59,17 @@ def hub_unavailable() -> Optional[str]:
             return None
     except OSError as e:
         return f'the Hub at {constants.ENDPOINT} cannot be reached ({e})'
+
+
+def connection_errors() -> Tuple[type, ...]:
+    """What a Hub call raises when its connection fails or drops mid-transfer.
+
+    ``OSError`` plus the base error of huggingface_hub's HTTP client (httpx in 1.x/2.x; in 0.x requests,
+    whose errors already are ``OSError``), found as the bases of ``HfHubHTTPError`` so that no client
+    is named here.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+    return (OSError, *HfHubHTTPError.__bases__)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ import yaml
 from timm.models import load_checkpoint
 
 from ..errors import CheckpointError, HubError
-from ._common import CONFIG_NAME, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_NAME, check_repo_id, hub_unavailable
+from ._common import (CONFIG_NAME, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_NAME, check_repo_id, connection_errors,
+                      hub_unavailable)
 from .integrity import _state_shapes, read_safetensors_header
 
 __all__ = ['hub_download', 'fetch_recipe', 'create_pretrained', 'load_initial_checkpoint']
@@ -59,7 +60,7 @@ def _download(repo_id: str, filename: str, revision: Optional[str], reason: Opti
         raise HubError(f'Hub repo {repo_id!r} has no revision {revision!r}') from e
     except EntryNotFoundError as e:
         raise HubError(f'Hub repo {repo_id!r} has no {filename} (not a timm_ff model repo?)') from e
-    except HfHubHTTPError as e:
+    except (HfHubHTTPError, *connection_errors()) as e:
         raise HubError(f'downloading {filename} of Hub repo {repo_id!r} failed: {e}') from e
 
 
@@ -160,6 +161,10 @@ def create_pretrained(name: str, **kwargs: Any) -> torch.nn.Module:
         reason = f'the Hub could not be reached ({e})'
         raise HubError(_offline_message(hub_name or name, 'the weights', reason)) from e
     except HfHubHTTPError as e:
+        raise HubError(f'loading {name!r} from the Hub failed: {e}') from e
+    except connection_errors() as e:
+        if hub_name is None:
+            raise
         raise HubError(f'loading {name!r} from the Hub failed: {e}') from e
 
 

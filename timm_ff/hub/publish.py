@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..errors import HubError
-from ._common import (CARD_NAME, CONFIG_NAME, UPLOAD_FILES, WEIGHTS_NAME, PathLike, check_repo_id, hub_unavailable,
-                      staged_files)
+from ._common import (CARD_NAME, CONFIG_NAME, UPLOAD_FILES, WEIGHTS_NAME, PathLike, check_repo_id,
+                      connection_errors, hub_unavailable, staged_files)
 from .card import model_card
 from .integrity import validate_run_folder
 
@@ -71,7 +71,7 @@ def upload_folder(folder: PathLike, repo_id: str, *, private: bool = False, revi
         message = commit_message or f'Upload {repo_id.split("/")[-1]} (timm_ff)'
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  allow_patterns=list(UPLOAD_FILES), commit_message=message)
-    except (HfHubHTTPError, ValueError, OSError) as e:
+    except (HfHubHTTPError, ValueError, *connection_errors()) as e:
         raise HubError(f'upload to Hub repo {repo_id!r} failed: {e}') from e
     return str(info.commit_url)
 
