@@ -3,7 +3,6 @@ import json
 
 import pytest
 import timm
-import torch
 
 from timm_ff.data import SAMPLE_DIR
 from timm_ff.trainer import find_checkpoint

@@ -24,7 +24,7 @@ from datasets import load_dataset
 from torch.utils.data import DataLoader
 
 from timm_ff.errors import DataError
-from timm_ff.hub._common import hub_unavailable
+from timm_ff.hub import hub_unavailable
 
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',

@@ -27,7 +27,7 @@ from ..errors import CheckpointError, HubError, TimmFFError  # noqa: F401  (impo
 from ..models._hub_org import HUB_ORG  # noqa: F401
 from ._common import (  # noqa: F401  (the repo layout, importable from here too)
     CARD_NAME, CARD_TAGS, CONFIG_NAME, HF_HUB_PREFIX, LICENSE, LOCAL_DIR_PREFIX, UPLOAD_FILES, WEIGHTS_NAME,
-    PathLike, check_repo_id,
+    PathLike, check_repo_id, hub_unavailable,
 )
 from .card import model_card
 from .cli import main

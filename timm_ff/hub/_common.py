@@ -16,7 +16,7 @@ from ..errors import HubError
 
 __all__ = [
     'PathLike', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'UPLOAD_FILES', 'CARD_TAGS', 'LICENSE',
-    'HF_HUB_PREFIX', 'LOCAL_DIR_PREFIX', 'check_repo_id', 'connection_errors', 'hub_unavailable',
+    'HF_HUB_PREFIX', 'LOCAL_DIR_PREFIX', 'check_repo_id', 'request_errors', 'hub_unavailable',
     'staged_files',
 ]
 
@@ -61,12 +61,12 @@ def hub_unavailable() -> Optional[str]:
         return f'the Hub at {constants.ENDPOINT} cannot be reached ({e})'
 
 
-def connection_errors() -> Tuple[type, ...]:
-    """What a Hub call raises when its connection fails or drops mid-transfer.
+def request_errors() -> Tuple[type, ...]:
+    """What a failed Hub request raises: HTTP errors, refused connections and connections dropped mid-transfer.
 
-    ``OSError`` plus the base error of huggingface_hub's HTTP client (httpx in 1.x/2.x; in 0.x requests,
-    whose errors already are ``OSError``), found as the bases of ``HfHubHTTPError`` so that no client
-    is named here.
+    ``OSError`` (which ``HfHubHTTPError`` is) plus the base error of huggingface_hub's HTTP client (httpx in
+    1.x/2.x; in 0.x requests, whose errors already are ``OSError``), found as the bases of ``HfHubHTTPError``
+    so that no client is named here.
     """
     from huggingface_hub.errors import HfHubHTTPError
     return (OSError, *HfHubHTTPError.__bases__)

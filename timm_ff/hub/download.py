@@ -1,8 +1,8 @@
 """Downloads from the Hub with clear offline errors: files, recipes, pretrained models, checkpoints.
 
 Offline (``HF_HUB_OFFLINE=1``) or with the Hub unreachable (:func:`hub_unavailable`, a short TCP
-probe instead of huggingface_hub's retries), only the cache is used and anything missing fails at once with a
-:class:`HubError` naming the local alternatives.
+probe instead of huggingface_hub's retries), only the cache is used and anything missing fails at once
+with a :class:`HubError` naming the local alternatives.
 """
 import json
 import logging
@@ -15,8 +15,8 @@ import yaml
 from timm.models import load_checkpoint
 
 from ..errors import CheckpointError, HubError
-from ._common import (CONFIG_NAME, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_NAME, check_repo_id, connection_errors,
-                      hub_unavailable)
+from ._common import (CONFIG_NAME, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_NAME, check_repo_id, hub_unavailable,
+                      request_errors)
 from .integrity import _state_shapes, read_safetensors_header
 
 __all__ = ['hub_download', 'fetch_recipe', 'create_pretrained', 'load_initial_checkpoint']
@@ -44,8 +44,8 @@ def _offline_message(repo_id: str, filename: str, reason: str) -> str:
 def _download(repo_id: str, filename: str, revision: Optional[str], reason: Optional[str]) -> Path:
     """hf_hub_download with every failure as a :class:`HubError`; cache only when ``reason`` is set."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
     from ..version import __version__
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=reason is not None,
@@ -60,7 +60,7 @@ def _download(repo_id: str, filename: str, revision: Optional[str], reason: Opti
         raise HubError(f'Hub repo {repo_id!r} has no revision {revision!r}') from e
     except EntryNotFoundError as e:
         raise HubError(f'Hub repo {repo_id!r} has no {filename} (not a timm_ff model repo?)') from e
-    except (HfHubHTTPError, *connection_errors()) as e:
+    except request_errors() as e:
         raise HubError(f'downloading {filename} of Hub repo {repo_id!r} failed: {e}') from e
 
 
@@ -162,7 +162,7 @@ def create_pretrained(name: str, **kwargs: Any) -> torch.nn.Module:
         raise HubError(_offline_message(hub_name or name, 'the weights', reason)) from e
     except HfHubHTTPError as e:
         raise HubError(f'loading {name!r} from the Hub failed: {e}') from e
-    except connection_errors() as e:
+    except request_errors() as e:  # also OSErrors of local files: only a Hub load's are the Hub's fault
         if hub_name is None:
             raise
         raise HubError(f'loading {name!r} from the Hub failed: {e}') from e

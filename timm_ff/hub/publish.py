@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 from ..errors import HubError
 from ._common import (CARD_NAME, CONFIG_NAME, UPLOAD_FILES, WEIGHTS_NAME, PathLike, check_repo_id,
-                      connection_errors, hub_unavailable, staged_files)
+                      hub_unavailable, request_errors, staged_files)
 from .card import model_card
 from .integrity import validate_run_folder
 
@@ -59,7 +59,6 @@ def upload_folder(folder: PathLike, repo_id: str, *, private: bool = False, revi
         HubError: If the Hub is offline/unreachable or refuses the upload.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
     from ..version import __version__
     check_repo_id(repo_id)
     _require_hub_for_upload(repo_id)
@@ -71,7 +70,7 @@ def upload_folder(folder: PathLike, repo_id: str, *, private: bool = False, revi
         message = commit_message or f'Upload {repo_id.split("/")[-1]} (timm_ff)'
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  allow_patterns=list(UPLOAD_FILES), commit_message=message)
-    except (HfHubHTTPError, ValueError, *connection_errors()) as e:
+    except (ValueError, *request_errors()) as e:
         raise HubError(f'upload to Hub repo {repo_id!r} failed: {e}') from e
     return str(info.commit_url)
 
