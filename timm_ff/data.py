@@ -4,13 +4,17 @@ Datasets come from the Hugging Face Hub (``load_dataset(hub_id)``) or from a loc
 HF parquet files (``<split>-NNNNN-of-NNNNN.parquet``) or an image-folder layout
 (``<split>/<class>/*.png``). When the Hub cannot be reached and CIFAR-10 was asked for, a small real
 CIFAR-10 sample bundled with the package is used instead, and :attr:`ImageData.source` says so.
-Transforms come from timm (``timm.data.create_transform``) and follow the model's data config.
+Two data paths (``choose_pipeline``): small fixed-size images are decoded once into uint8 tensors
+and augmented per batch (:mod:`timm_ff.tensor_data`); large or variable-size images go through
+timm transforms (``timm.data.create_transform``) per image in a ``DataLoader``. Both follow the
+model's data config and keep exact resume.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -23,12 +27,14 @@ import torch
 from datasets import load_dataset
 from torch.utils.data import DataLoader
 
-from timm_ff.errors import DataError
+from timm_ff.errors import DataError, unknown_choice
 from timm_ff.hub import hub_unavailable
+from timm_ff.tensor_data import DATA_PIPELINES, TRAIN_AUGS, BatchAugment, TensorLoader, decode_split, estimate_bytes
 
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
-    'make_transform', 'create_loaders', 'set_augmentation_epoch', 'SAMPLE_DIR',
+    'make_transform', 'create_loaders', 'set_augmentation_epoch', 'choose_pipeline', 'batches_per_process',
+    'SAMPLE_DIR', 'TENSOR_MEMORY_BUDGET',
 ]
 
 SAMPLE_DIR = Path(__file__).resolve().parent / '_sample' / 'cifar10-tiny'
@@ -403,8 +409,10 @@ def _collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_batch_size: int | None = None,
                    num_workers: int = 0, in_chans: int = 3, train_transform_kwargs: dict | None = None,
-                   seed: int = 0, drop_last: bool = True) -> tuple[DataLoader, DataLoader]:
-    """Build the train and eval DataLoaders with timm transforms.
+                   seed: int = 0, drop_last: bool = True, pipeline: str = 'pil', aug: str = 'rrc',
+                   crop_padding: int = 4, device: Any = None, process_index: int = 0, num_processes: int = 1,
+                   channels_last: bool = False) -> tuple[Any, Any]:
+    """Build the train and eval loaders: batch-tensor loaders or DataLoaders with timm transforms.
 
     Args:
         data: Splits from :func:`load_image_datasets`.
@@ -416,10 +424,26 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
         train_transform_kwargs: Extra ``timm.data.create_transform`` arguments for training only.
         seed: Seed of the generator that shuffles the training set and of per-sample augmentation.
         drop_last: Drop the last incomplete training batch.
+        pipeline: 'pil' (DataLoader, per-image transforms) or 'tensor' (see :func:`create_tensor_loaders`);
+            resolve 'auto' with :func:`choose_pipeline` first.
+        aug: Training augmentation: 'rrc' (timm RandomResizedCrop), 'crop_flip' (random crop of the
+            zero-padded image) or 'none'; each with a horizontal flip (``hflip`` in
+            ``train_transform_kwargs``, default 0.5).
+        crop_padding: Zero padding in pixels for 'crop_flip'.
+        device: Tensor path: device holding the images (the training device).
+        process_index: Tensor path: this process's rank (DataLoaders are sharded by Accelerate instead).
+        num_processes: Tensor path: processes sharing the data.
+        channels_last: Tensor path: channels_last batches.
 
     Returns:
         ``(train_loader, eval_loader)``, each yielding ``(images float32 [B, C, H, W], labels int64 [B])``.
     """
+    if pipeline not in ('pil', 'tensor'):
+        raise unknown_choice('data pipeline (resolve auto with choose_pipeline)', pipeline, ('pil', 'tensor'))
+    if aug not in TRAIN_AUGS:
+        raise unknown_choice('augmentation', aug, TRAIN_AUGS)
+    if not isinstance(crop_padding, int) or isinstance(crop_padding, bool) or crop_padding < 0:
+        raise DataError(f'crop padding must be a non-negative integer number of pixels, got {crop_padding!r}')
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     for key, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
         if not isinstance(value, int) or value < 1:
@@ -429,8 +453,27 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
     if drop_last and len(data.train) < batch_size:
         raise DataError(f"train split has {len(data.train)} rows, fewer than batch_size {batch_size}, so "
                         "no full batch exists; lower the batch size or pass drop_last=False")
+    tf_kwargs = dict(train_transform_kwargs or {})
+    if pipeline == 'tensor':
+        extra = sorted(k for k, v in tf_kwargs.items() if k not in ('scale', 'hflip') and v is not None)
+        if extra:
+            raise DataError(f"the tensor data path supports the transform arguments scale and hflip, not {extra}; "
+                            "use --data-pipeline pil for timm's full transform set")
+        return create_tensor_loaders(
+            data, data_config=data_config, batch_size=batch_size, eval_batch_size=eval_batch_size, in_chans=in_chans,
+            seed=seed, drop_last=drop_last, aug=aug, crop_padding=crop_padding, hflip=tf_kwargs.get('hflip', 0.5),
+            scale=tuple(tf_kwargs.get('scale', (0.08, 1.0))), device=device, process_index=process_index,
+            num_processes=num_processes, channels_last=channels_last)
     mode = 'L' if in_chans == 1 else 'RGB'
-    train_tf = make_transform(data_config, True, in_chans, **(train_transform_kwargs or {}))
+    if aug == 'crop_flip':
+        cfg = dict(data_config)
+        train_tf = _PadCropFlip(tuple(cfg['input_size'][-2:]), crop_padding, tf_kwargs.get('hflip', 0.5),
+                                _fit_channels(cfg.get('mean', (0.5,)), in_chans, 'mean'),
+                                _fit_channels(cfg.get('std', (0.5,)), in_chans, 'std'))
+    else:
+        if aug == 'none':
+            tf_kwargs.update(scale=(1.0, 1.0), ratio=(1.0, 1.0))
+        train_tf = make_transform(data_config, True, in_chans, **tf_kwargs)
     eval_tf = make_transform(data_config, False, in_chans)
     cols = [data.image_column, data.label_column]
     train_split = data.train
@@ -446,3 +489,120 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
     train_loader.batch_transform = train_tf_fn
     eval_loader = DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
     return train_loader, eval_loader
+
+
+TENSOR_MEMORY_BUDGET = 4 * 2 ** 30
+"""Largest decoded train+eval size (bytes) that ``--data-pipeline auto`` keeps in memory."""
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return TENSOR_MEMORY_BUDGET
+
+
+def choose_pipeline(data: ImageData, pipeline: str = 'auto', in_chans: int = 3) -> tuple[str, str]:
+    """Pick the data path: 'tensor' for small fixed-size images that fit in memory, else 'pil'.
+
+    Args:
+        data: The splits.
+        pipeline: 'auto', 'tensor' or 'pil'.
+        in_chans: Model input channels.
+
+    Returns:
+        ``(pipeline, reason)``.
+
+    Raises:
+        DataError: For an unknown pipeline, or 'tensor' asked for images that differ in size or
+            do not fit in memory (the message names the size found and the memory needed).
+    """
+    if pipeline not in DATA_PIPELINES:
+        raise unknown_choice('data pipeline', pipeline, DATA_PIPELINES)
+    if pipeline == 'pil':
+        return 'pil', 'per-image PIL decoding and timm transforms (asked for)'
+    mode = 'L' if in_chans == 1 else 'RGB'
+    try:
+        n_train, chw = estimate_bytes(data.train, data.image_column, mode)
+        n_eval, chw_eval = estimate_bytes(data.eval, data.image_column, mode)
+        if chw_eval != chw:
+            raise DataError(f'train images are {chw} but eval images are {chw_eval}; the tensor data path needs one '
+                            'image size: use --data-pipeline pil')
+    except DataError as e:
+        if pipeline == 'tensor':
+            raise
+        return 'pil', f'per-image PIL path ({e})'.replace(': use --data-pipeline pil', '')
+    need = n_train + n_eval
+    budget = min(TENSOR_MEMORY_BUDGET, _available_memory() // 2)
+    size = f'{chw[0]}x{chw[1]}x{chw[2]} images, {need / 2 ** 20:.0f} MiB decoded'
+    if need > budget:
+        if pipeline == 'tensor':
+            raise DataError(f'the decoded splits need {need / 2 ** 20:.0f} MiB ({size}) but the tensor data path '
+                            f'allows {budget / 2 ** 20:.0f} MiB here; use --data-pipeline pil')
+        return 'pil', f'per-image PIL path ({size}: more than the {budget / 2 ** 20:.0f} MiB tensor budget)'
+    return 'tensor', f'batch-tensor path ({size}, kept in memory, augmented per batch)'
+
+
+def batches_per_process(loader: Any, num_processes: int) -> int:
+    """Steps per epoch one process takes from ``loader`` (before Accelerate shards a DataLoader)."""
+    if isinstance(loader, TensorLoader):
+        return len(loader)
+    return max(1, len(loader) // num_processes)
+
+
+def create_tensor_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_batch_size: int,
+                          in_chans: int = 3, seed: int = 0, drop_last: bool = True, aug: str = 'crop_flip',
+                          crop_padding: int = 4, hflip: float = 0.5, scale: tuple = (0.08, 1.0),
+                          device: Any = None, process_index: int = 0, num_processes: int = 1,
+                          channels_last: bool = False, cache: bool = True) -> tuple[TensorLoader, TensorLoader]:
+    """Train and eval :class:`~timm_ff.tensor_data.TensorLoader` s over the decoded splits.
+
+    Args:
+        data: Splits from :func:`load_image_datasets`.
+        data_config: Output of ``timm.data.resolve_data_config(model=model)`` (input size, mean, std).
+        batch_size: Training batch size per process.
+        eval_batch_size: Eval batch size per process.
+        in_chans: Model input channels (1: images converted to 'L', 3: 'RGB').
+        seed: Seeds the epoch permutations and augmentation draws.
+        drop_last: Drop the last incomplete training batch.
+        aug: Training augmentation, one of :data:`~timm_ff.tensor_data.TRAIN_AUGS`.
+        crop_padding: Zero padding (pixels) of 'crop_flip'.
+        hflip: Horizontal flip probability.
+        scale: Area range of 'rrc'.
+        device: Device holding the images and making the batches.
+        process_index: This process's rank.
+        num_processes: Processes sharing the data.
+        channels_last: Return channels_last batches.
+        cache: Use the on-disk decoded cache.
+
+    Returns:
+        ``(train_loader, eval_loader)``; each ``loader.cache_note`` says how its split was decoded.
+    """
+    if in_chans not in (1, 3):
+        raise DataError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+    mode = 'L' if in_chans == 1 else 'RGB'
+    size = tuple(data_config['input_size'][-2:])
+    mean = _fit_channels(data_config.get('mean', (0.5,)), in_chans, 'mean')
+    std = _fit_channels(data_config.get('std', (0.5,)), in_chans, 'std')
+    common = dict(seed=seed, process_index=process_index, num_processes=num_processes, device=device)
+    train_tf = BatchAugment(size, mean, std, train=True, aug=aug, padding=crop_padding, hflip=hflip, scale=scale,
+                            channels_last=channels_last)
+    eval_tf = BatchAugment(size, mean, std, train=False, channels_last=channels_last)
+    train_split = decode_split(data.train, data.image_column, data.label_column, mode, cache=cache)
+    eval_split = decode_split(data.eval, data.image_column, data.label_column, mode, cache=cache)
+    train = TensorLoader(train_split, batch_size, train_tf, shuffle=True, drop_last=drop_last, **common)
+    evals = TensorLoader(eval_split, eval_batch_size, eval_tf, shuffle=False, drop_last=False, **common)
+    train.cache_note, evals.cache_note = train_split.cache_note, eval_split.cache_note
+    return train, evals
+
+
+class _PadCropFlip:
+    """PIL-path twin of 'crop_flip': random crop of the zero-padded image, flip, tensor, normalise."""
+
+    def __init__(self, size: tuple, padding: int, hflip: float, mean: tuple, std: tuple):
+        from torchvision import transforms as T
+        self.tf = T.Compose([T.Resize(size), T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(hflip),
+                             T.ToTensor(), T.Normalize(mean, std)])
+
+    def __call__(self, img):
+        return self.tf(img)
