@@ -40,8 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--train-split', default='', help='train split name')
     g.add_argument('--eval-split', default='', help='eval split name')
     g.add_argument('--in-chans', default=0, type=int, help='input channels (default: from the dataset)')
-    g.add_argument('--workers', default=0, type=int, help='DataLoader worker processes per process')
-    g.add_argument('--aug-scale', default=(0.35, 1.0), type=float, nargs=2, help='RandomResizedCrop scale range')
+    g.add_argument('--workers', default=0, type=int, help='DataLoader worker processes per process (pil path)')
+    g.add_argument('--data-pipeline', default='auto', choices=['auto', 'tensor', 'pil'],
+                   help='tensor: decode once, keep in memory, augment per batch on the device; pil: per-image timm '
+                        'transforms in a DataLoader; auto: tensor where the images have one size and fit in memory')
+    g.add_argument('--aug', default='crop_flip', choices=['crop_flip', 'rrc', 'none'],
+                   help='training crop: crop_flip (random crop of the zero-padded image, the CIFAR recipe), '
+                        'rrc (RandomResizedCrop with --aug-scale), none; each followed by --hflip')
+    g.add_argument('--crop-padding', default=4, type=int, help='zero padding in pixels for --aug crop_flip')
+    g.add_argument('--aug-scale', default=(0.35, 1.0), type=float, nargs=2, help='RandomResizedCrop scale range (--aug rrc)')
     g.add_argument('--hflip', default=0.5, type=float, help='horizontal flip probability')
     g.add_argument('--color-jitter', default=0.0, type=float, help='colour jitter strength (0: off)')
     g = p.add_argument_group('optimisation')
@@ -60,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--local-backward', default='summed', choices=['summed', 'per_unit'],
                    help='summed: one backward over all unit losses; per_unit: stream units, one backward each')
     g.add_argument('--seed', default=0, type=int, help='seed (data order, augmentation, init)')
+    g.add_argument('--fusion-check-images', default=10000, type=int,
+                   help='after training, check the fusion against each unit (and the mean of the last few) on this '
+                        'many un-augmented training images and keep the most accurate (0: off)')
+    g.add_argument('--compile', action='store_true', help='torch.compile each unit (eager with a warning if it cannot)')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory format for weights and batches')
     g.add_argument('--max-train-steps', default=0, type=int, help='stop after N optimiser steps (0: no limit)')
     g = p.add_argument_group('outputs')
     g.add_argument('--output', default='', help=f'run folder (default: {DEFAULT_OUTPUT_ROOT}/<model>-<objective>-<time>)')
@@ -104,6 +116,15 @@ def check_args(args):
             raise ConfigError(f'--{key.replace("_", "-")} must be a positive integer, got {getattr(args, key)}')
     if not args.lr > 0:
         raise ConfigError(f'--lr must be > 0, got {args.lr}')
+    # argparse checks choices only for values typed on the command line, not for recipe defaults
+    for key, allowed in (('data_pipeline', ('auto', 'tensor', 'pil')), ('aug', ('crop_flip', 'rrc', 'none')),
+                         ('local_backward', ('summed', 'per_unit')), ('mixed_precision', ('no', 'bf16', 'fp16'))):
+        if getattr(args, key) not in allowed:
+            raise ConfigError(f"unknown --{key.replace('_', '-')} {getattr(args, key)!r}; allowed: {', '.join(allowed)}")
+    if args.fusion_check_images < 0:
+        raise ConfigError(f'--fusion-check-images must be >= 0, got {args.fusion_check_images}')
+    if not isinstance(args.crop_padding, int) or isinstance(args.crop_padding, bool) or args.crop_padding < 0:
+        raise ConfigError(f'--crop-padding must be a non-negative integer number of pixels, got {args.crop_padding!r}')
     for key in ('model_kwargs', 'objective_kwargs'):
         if not isinstance(getattr(args, key), dict):
             raise ConfigError(f'--{key.replace("_", "-")} must be a JSON object, got {getattr(args, key)!r}')
@@ -158,7 +179,7 @@ def main(argv=None) -> int:
     from timm.scheduler import create_scheduler_v2
 
     import timm_ff
-    from timm_ff.data import create_loaders, get_dataset_spec, load_image_datasets
+    from timm_ff.data import batches_per_process, choose_pipeline, create_loaders, get_dataset_spec, load_image_datasets
     from timm_ff.errors import ConfigError, HubError
     from timm_ff.hub import save_model_folder
     from timm_ff.recipe import dump_recipe
@@ -206,17 +227,37 @@ def main(argv=None) -> int:
 
     model = build_model(args, data.num_classes, in_chans)
     objective.check_model(model)
+    if args.channels_last:
+        from timm_ff.trainer import to_channels_last
+        to_channels_last(model)
     data_config = resolve_data_config(model=model)
-    train_loader, eval_loader = create_loaders(
-        data, data_config=data_config, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or None,
-        num_workers=args.workers, in_chans=in_chans, seed=args.seed,
-        train_transform_kwargs=dict(scale=tuple(args.aug_scale), hflip=args.hflip,
-                                    color_jitter=args.color_jitter or None))
+    pipeline, why = choose_pipeline(data, args.data_pipeline, in_chans)
+    accelerator.print(f'data path: {why}')
+    with accelerator.main_process_first():  # the first process writes the decoded cache, the others read it
+        train_loader, eval_loader = create_loaders(
+            data, data_config=data_config, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or None,
+            num_workers=args.workers, in_chans=in_chans, seed=args.seed, pipeline=pipeline, aug=args.aug,
+            crop_padding=args.crop_padding, device=accelerator.device, process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes, channels_last=args.channels_last,
+            train_transform_kwargs=dict(scale=tuple(args.aug_scale), hflip=args.hflip,
+                                        color_jitter=args.color_jitter or None))
+    fusion_check_loader = None
+    if args.fusion_check_images > 0 and len(model.fusion.fused_units) > 1:
+        import dataclasses
+        subset = data.train.select(range(min(args.fusion_check_images, len(data.train))))
+        _, fusion_check_loader = create_loaders(
+            dataclasses.replace(data, train=subset, eval=subset), data_config=data_config,
+            batch_size=args.eval_batch_size or args.batch_size, num_workers=args.workers, in_chans=in_chans,
+            drop_last=False, pipeline=pipeline, device=accelerator.device, process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes, channels_last=args.channels_last)
+    for note in dict.fromkeys(getattr(ld, 'cache_note', '') for ld in (train_loader, eval_loader)):
+        if note:
+            accelerator.print(f'data cache: {note}')
     try:
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
     except (AssertionError, ValueError) as e:
         raise ConfigError(f"unknown --opt {args.opt!r}; allowed: {', '.join(timm.optim.list_optimizers())}") from e
-    updates_per_epoch = max(1, len(train_loader) // accelerator.num_processes // args.grad_accum_steps)
+    updates_per_epoch = max(1, batches_per_process(train_loader, accelerator.num_processes) // args.grad_accum_steps)
     scheduler = None
     if args.sched != 'none':
         try:
@@ -241,12 +282,17 @@ def main(argv=None) -> int:
     if args.log_with != 'none':
         accelerator.init_trackers('train', config={k: str(v) for k, v in recipe.items()})
 
+    if args.compile:
+        from timm_ff.trainer import compile_units
+        why_not = compile_units(model.local_units())
+        accelerator.print(f'warning: {why_not}; running eager' if why_not else 'compile: each unit compiled with torch.compile')
     trainer = LocalTrainer(
         accelerator=accelerator, model=model, objective=objective, optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, eval_loader=eval_loader, epochs=args.epochs, output_dir=out_dir,
         local_backward=args.local_backward, clip_grad=args.clip_grad or None,
         checkpoint_steps=args.checkpoint_steps, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
-        max_train_steps=args.max_train_steps, seed=args.seed, progress=not args.no_progress)
+        max_train_steps=args.max_train_steps, seed=args.seed, progress=not args.no_progress,
+        fusion_check_loader=fusion_check_loader)
     metrics = trainer.fit(resume=args.resume or None)
     accelerator.wait_for_everyone()
     push_error = ''

@@ -35,10 +35,15 @@ def test_default_run_offline_writes_a_loadable_timm_model(tmp_path):
     assert any('train/loss' in row for row in logged) and any('eval/accuracy' in row for row in logged)
 
 
-@pytest.mark.timeout(400)
-@pytest.mark.parametrize('model,objective', [('dtgff_cnn_s', 'dtg'), ('ff_cnn_s', 'ff')])
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, model, objective):
-    common = ('--model', model, '--objective', objective, '--epochs', '2', '--warmup-epochs', '1')
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('model,objective,extra', [
+    ('dtgff_cnn_s', 'dtg', ('--data-pipeline', 'tensor')),
+    ('ff_cnn_s', 'ff', ('--data-pipeline', 'tensor', '--aug', 'rrc')),
+    ('dtgff_cnn_s', 'dtg', ('--data-pipeline', 'pil', '--aug', 'crop_flip')),
+    ('dtgff_cnn_s', 'bp', ('--data-pipeline', 'tensor', '--compile', '--channels-last')),
+])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, model, objective, extra):
+    common = ('--model', model, '--objective', objective, '--epochs', '2', '--warmup-epochs', '1', *extra)
     full, cut = tmp_path / 'full', tmp_path / 'cut'
     assert_ok(run_train(*common, '--output', full))
     # "killed" after step 9 of 14 in epoch 0 (mid-epoch), with periodic checkpoints on the way
@@ -78,6 +83,9 @@ BAD_INPUTS = [
     (['--opt', 'nope'], "unknown --opt 'nope'"),
     (['--model', 'dtgff_cnn_s.cifar10', '--pretrained'], 'local-dir:'),
     (['--push-to-hub', 'not/a/repo id'], "'not/a/repo id'"),
+    (['-c', '{aug_recipe}'], "unknown --aug 'cutout'; allowed: crop_flip, rrc, none"),
+    (['--crop-padding', '-4'], '--crop-padding must be a non-negative integer number of pixels, got -4'),
+    (['-c', '{pipe_recipe}'], "unknown --data-pipeline 'gpu'; allowed: auto, tensor, pil"),
 ]
 
 
@@ -89,9 +97,12 @@ def test_bad_input_gives_one_clear_line_and_no_finished_run(tmp_path, capsys, fl
     recipe.write_text('model: dtgff_cnn_s\nbogus_key: 3\n')
     empty = tmp_path / 'empty'
     empty.mkdir()
-    fill = dict(sample=str(SAMPLE_DIR), tmp=str(empty), recipe=str(recipe))
-    flags = [f.replace('{sample}', fill['sample']).replace('{tmp}', fill['tmp']).replace('{recipe}', fill['recipe'])
-             for f in flags]
+    (tmp_path / 'aug.yaml').write_text('aug: cutout\n')
+    (tmp_path / 'pipe.yaml').write_text('data_pipeline: gpu\n')
+    fill = {'{sample}': str(SAMPLE_DIR), '{tmp}': str(empty), '{recipe}': str(recipe),
+            '{aug_recipe}': str(tmp_path / 'aug.yaml'), '{pipe_recipe}': str(tmp_path / 'pipe.yaml')}
+    for key, value in fill.items():
+        flags = [f.replace(key, value) for f in flags]
     out = tmp_path / 'run'
     code = train_ff.cli([*QUICK, '--max-train-steps', '1', '--output', str(out), *flags])
     err = capsys.readouterr().err

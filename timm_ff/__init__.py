@@ -4,6 +4,6 @@
 and the local objectives with :func:`timm_ff.create_objective`.
 """
 from .version import __version__
-from .errors import CheckpointError, ConfigError, DataError, HubError, TimmFFError
+from .errors import CheckpointError, ConfigError, DataError, HubError, TimmFFError, TrainingError
 from .models import DTGFF_DEFAULTS, FF_DEFAULTS, FF_KWARGS, FFCNN, FFMLP, FFNet, FFResNet, HUB_ORG, LocalUnit
 from .objectives import create_objective, list_objectives, register_objective

@@ -4,7 +4,7 @@ Every error derives from :class:`TimmFFError` so the CLI can print one clear lin
 traceback. Each subclass also derives from the builtin a caller would naturally catch.
 """
 
-__all__ = ['TimmFFError', 'ConfigError', 'DataError', 'CheckpointError', 'HubError', 'unknown_choice']
+__all__ = ['TimmFFError', 'ConfigError', 'DataError', 'CheckpointError', 'HubError', 'TrainingError', 'unknown_choice']
 
 
 class TimmFFError(Exception):
@@ -25,6 +25,10 @@ class CheckpointError(TimmFFError, ValueError):
 
 class HubError(TimmFFError, RuntimeError):
     """A Hub download or upload that cannot happen (offline, missing repo, bad id)."""
+
+
+class TrainingError(TimmFFError, RuntimeError):
+    """Training cannot go on (e.g. a loss became NaN or infinite); the last checkpoint is kept."""
 
 
 def unknown_choice(kind: str, value, allowed) -> ConfigError:

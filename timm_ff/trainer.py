@@ -7,6 +7,7 @@ optimiser and scheduler, clips gradients per unit, evaluates per-unit and fused 
 """
 import contextlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -20,10 +21,12 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from tqdm.auto import tqdm
 
 from .data import set_augmentation_epoch
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingError
 from .task import LocalTask
+from .tensor_data import TensorLoader
 
-__all__ = ['JSONLinesTracker', 'TrainState', 'LocalTrainer', 'find_checkpoint', 'write_json_atomic']
+__all__ = ['JSONLinesTracker', 'TrainState', 'LocalTrainer', 'find_checkpoint', 'write_json_atomic', 'compile_units',
+           'to_channels_last']
 
 CHECKPOINT_DIR = 'checkpoints'
 _STATE_FILE = 'train_state.json'
@@ -100,6 +103,41 @@ def peak_memory_mb(device: torch.device) -> Dict[str, float]:
     return dict(peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, memory_kind='cpu_max_rss')
 
 
+def _contiguous_state(module, state_dict, prefix, local_metadata):
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Put ``model`` in channels_last; its state dict still holds contiguous (NCHW) tensors.
+
+    safetensors refuses non-contiguous tensors, so every module's state dict is made contiguous
+    on the way out (``save_state``, ``save_for_hf``); loading copies into the channels_last weights.
+    """
+    model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        module._register_state_dict_hook(_contiguous_state)
+    return model
+
+
+def compile_units(units: List[torch.nn.Module]) -> str:
+    """``torch.compile`` each unit in place (state-dict keys unchanged); fall back to eager if the
+    compiler does not work here.
+
+    Returns:
+        '' when compiled, else the one-line reason for running eager.
+    """
+    try:  # a tiny probe: a missing or broken C++/Triton toolchain fails here, not mid-training
+        probe = torch.compile(lambda t: torch.relu(t) * 2)
+        probe(torch.ones(4))
+    except Exception as e:  # noqa: BLE001  (inductor raises many types for a missing toolchain)
+        return f'torch.compile does not work on this platform ({type(e).__name__}: {str(e).splitlines()[0][:160]})'
+    for unit in units:
+        unit.compile()
+    return ''
+
+
 class LocalTrainer:
     """Trains a timm_ff model under an objective with Accelerate."""
 
@@ -123,6 +161,7 @@ class LocalTrainer:
             max_train_steps: int = 0,
             seed: int = 0,
             progress: bool = True,
+            fusion_check_loader=None,
     ):
         """
         Args:
@@ -143,6 +182,10 @@ class LocalTrainer:
             max_train_steps: Stop after this many optimiser steps in total (0: no limit).
             seed: Seeds each step's random draws (e.g. FF negative labels) with (seed, step, rank).
             progress: Show a tqdm bar on the main process.
+            fusion_check_loader: Training images without augmentation (not the eval split). After the
+                last epoch the fusion is checked on them against every fused unit alone and the mean
+                of the last few units, and the most accurate is kept (see :meth:`check_fusion`), so
+                the fused prediction never trails a unit it could have chosen.
         """
         self.acc = accelerator
         self.model = model
@@ -163,11 +206,20 @@ class LocalTrainer:
         units = model.local_units()
         fusion = model.fusion if any(p.requires_grad for p in model.fusion.parameters()) else None
         modules = units + ([fusion] if fusion is not None else [])
-        prepared = accelerator.prepare(*modules, optimizer, train_loader, eval_loader)
+        # the batch-tensor loaders shard themselves (Accelerate would wrap only DataLoaders)
+        loaders = [ld for ld in (train_loader, eval_loader) if not isinstance(ld, TensorLoader)]
+        prepared = list(accelerator.prepare(*modules, optimizer, *loaders))
         n = len(modules)
-        self.train_modules = list(prepared[:n])
+        self.train_modules = prepared[:n]
         self.units = self.train_modules[:len(units)]
-        self.optimizer, self.train_loader, self.eval_loader = prepared[n:]
+        self.optimizer = prepared[n]
+        rest = iter(prepared[n + 1:])
+        self.train_loader, self.eval_loader = (ld if isinstance(ld, TensorLoader) else next(rest)
+                                               for ld in (train_loader, eval_loader))
+        self._last_finite: List[Optional[float]] = []
+        self.fusion_check_loader = fusion_check_loader
+        if fusion_check_loader is not None and not isinstance(fusion_check_loader, TensorLoader):
+            self.fusion_check_loader = accelerator.prepare(fusion_check_loader)
         self.augment_source = train_loader
         self.task = LocalTask(self.units, objective, model.num_classes,
                               fusion=self.train_modules[-1] if fusion is not None else None, mode=local_backward)
@@ -226,6 +278,26 @@ class LocalTrainer:
             torch.manual_seed(step_seed)
             yield
 
+    def _check_finite(self, result, epoch: int):
+        """Stop at once when a unit's loss is NaN/inf, before the optimiser applies it.
+
+        The last checkpoint on disk is the last good state: nothing is saved after this point.
+        """
+        losses = list(result.unit_losses) + ([result.fusion_loss] if result.fusion_loss is not None else [])
+        if len(self._last_finite) != len(losses):
+            self._last_finite = [None] * len(losses)
+        for u, v in enumerate(losses):
+            if not math.isfinite(v):
+                what = 'the fusion weights' if u >= len(result.unit_losses) else f'unit {u}'
+                last = self._last_finite[u]
+                ckpt = sorted((self.output_dir / CHECKPOINT_DIR).glob('step_*'))
+                raise TrainingError(
+                    f'the loss of {what} became {v} at epoch {epoch}, step {self.state.global_step + 1} '
+                    f"(last finite loss: {'none yet' if last is None else f'{last:.6g}'}); training stopped "
+                    f"before applying it; last good checkpoint: {ckpt[-1] if ckpt else 'none saved yet'} "
+                    '(lower --lr, set --clip-grad or use --mixed-precision no)')
+            self._last_finite[u] = v
+
     def _done(self) -> bool:
         return bool(self.max_train_steps) and self.state.global_step >= self.max_train_steps
 
@@ -235,13 +307,16 @@ class LocalTrainer:
         self.train_loader.set_epoch(epoch)
         loader = self.train_loader
         if self.state.step_in_epoch:
-            loader = self.acc.skip_first_batches(self.train_loader, self.state.step_in_epoch)
+            skip = getattr(loader, 'skip_first_batches', None) if isinstance(loader, TensorLoader) else None
+            loader = skip(self.state.step_in_epoch) if skip else \
+                self.acc.skip_first_batches(self.train_loader, self.state.step_in_epoch)
         bar = tqdm(total=len(self.train_loader), initial=self.state.step_in_epoch, desc=f'epoch {epoch}',
                    disable=not (self.progress and self.acc.is_local_main_process), leave=False)
         seen, t0, last = 0, time.perf_counter(), None
         for x, y in loader:
             with self.acc.accumulate(*self.train_modules), self._step_rng(epoch):
                 last = self.task.step(x, y, self.acc.backward, self.acc.autocast)
+                self._check_finite(last, epoch)
                 if self.acc.sync_gradients:
                     self._clip()
                 self.optimizer.step()
@@ -269,19 +344,58 @@ class LocalTrainer:
         return dict(train_time_s=dt, train_images=seen, train_loss=last.loss if last else float('nan'))
 
     @torch.no_grad()
-    def evaluate(self) -> Dict[str, float]:
-        """Per-unit and fused top-1 accuracy on the eval set, gathered over processes."""
+    def check_fusion(self) -> Optional[Dict]:
+        """Compare the fusion as trained with each fused unit alone and with the mean of the last few
+        units, on ``fusion_check_loader``; keep the most accurate (the fusion as trained on ties).
+
+        Returns:
+            The candidates' accuracies and the choice, or None when there is nothing to check.
+        """
+        fusion = self.model.fusion
+        if self.fusion_check_loader is None or len(fusion.fused_units) < 2:
+            return None
+        self.model.eval()
+        logits, labels = None, []
+        for x, y in self.fusion_check_loader:
+            with self.acc.autocast():
+                unit_logits = [z.float() for z in self.model.forward_unit_logits(x)]
+            unit_logits, y = self.acc.gather_for_metrics((unit_logits, y))
+            keep = y >= 0  # the tensor loader pads its last batch with label -1 rows
+            logits = [[z[keep].cpu()] for z in unit_logits] if logits is None else \
+                [acc + [z[keep].cpu()] for acc, z in zip(logits, unit_logits)]
+            labels.append(y[keep].cpu())
+        logits, labels = [torch.cat(z) for z in logits], torch.cat(labels)
+        units = fusion.fused_units
+        candidates = {'as trained': None, **{f'unit {u}': [u] for u in units},
+                      **{f'mean of units {a}-{units[-1]}': units[i:] for i, a in enumerate(units[:-1]) if i > 0}}
+        scores = {}
+        for name, subset in candidates.items():
+            w = fusion.weights() if subset is None else torch.tensor(
+                [1.0 / len(subset) if u in subset else 0.0 for u in units])
+            scores[name] = (fusion.combine(logits, w.cpu()).argmax(1) == labels).float().mean().item() * 100
+        best = max(scores, key=lambda n: scores[n])  # first maximum: 'as trained' wins ties
+        if candidates[best] is not None:
+            fusion.select_units(candidates[best])
+        self.acc.print(f"fusion check on {len(labels)} training images: as trained {scores['as trained']:.2f}%, "
+                       f"best unit {max(units, key=lambda u: scores[f'unit {u}'])} "
+                       f"{max(scores[f'unit {u}'] for u in units):.2f}% -> using {best} ({scores[best]:.2f}%)")
+        return dict(images=len(labels), accuracy=scores, chosen=best)
+
+    @torch.no_grad()
+    def evaluate(self, loader=None) -> Dict[str, float]:
+        """Per-unit and fused top-1 accuracy on the eval set (or ``loader``), gathered over processes."""
         self.model.eval()
         correct, total = None, 0
-        for x, y in self.eval_loader:
+        for x, y in (self.eval_loader if loader is None else loader):
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
                 fused = self.model.fusion(unit_logits)
             preds = torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
             preds, y = self.acc.gather_for_metrics((preds, y))
-            hits = (preds == y[:, None]).sum(0)
+            keep = y >= 0  # the tensor loader pads its last batch with label -1 rows
+            hits = (preds[keep] == y[keep, None]).sum(0)
             correct = hits if correct is None else correct + hits
-            total += y.shape[0]
+            total += int(keep.sum())
         acc = (correct.float() / max(total, 1) * 100).tolist()
         return dict(accuracy=acc[-1], unit_accuracy=acc[:-1], eval_images=total)
 
@@ -311,8 +425,12 @@ class LocalTrainer:
                 self.state.step_in_epoch = 0
             self.save_checkpoint()
         final = history[-1] if history else dict(self.evaluate(), epoch=self.state.epoch, step=self.state.global_step)
+        fusion_check = self.check_fusion() if self.state.epoch >= self.epochs else None
+        if fusion_check is not None and fusion_check['chosen'] != 'as trained':
+            final = dict(final, **self.evaluate())
         return dict(
             accuracy=final['accuracy'], unit_accuracy=final['unit_accuracy'], epochs_run=len(history),
+            fusion_check=fusion_check,
             global_step=self.state.global_step, train_images_per_s=train_images / train_time if train_time else None,
             train_time_s=train_time, wall_time_s=time.perf_counter() - wall0, history=history,
             num_processes=self.acc.num_processes, device=str(self.acc.device), **peak_memory_mb(self.acc.device),
