@@ -56,6 +56,24 @@ def test_goodness_patches_known_values(reduce):
     torch.testing.assert_close(both[:, 3:], g)
 
 
+@pytest.mark.parametrize('reduce', ['mean', 'sum'])
+def test_goodness_grid_keeps_each_channel_per_cell(reduce):
+    h = torch.randn(2, 3, 4, 6)
+    g = goodness_vector(h, mode='grid', patches=2, reduce=reduce)
+    assert g.shape == (2, 3 * 4)
+    cells = g.reshape(2, 3, 2, 2)
+    for c in range(3):  # channel c, cell (i, j) is the energy of that channel inside that 2x3 block only
+        for i in range(2):
+            for j in range(2):
+                block = h[:, c, 2 * i:2 * i + 2, 3 * j:3 * j + 3].square().flatten(1)
+                torch.testing.assert_close(cells[:, c, i, j], block.mean(1) if reduce == 'mean' else block.sum(1))
+    grouped = goodness_vector(h[:, :2], mode='grid', groups=1, patches=2, reduce=reduce)
+    torch.testing.assert_close(grouped, _cells(h[:, :2], 2, reduce))
+    assert GoodnessHead(3, num_classes=5, mode='grid', patches=2)(h).shape == (2, 5)
+    with pytest.raises(ConfigError, match="goodness mode for a non-spatial.*'grid'"):
+        GoodnessHead(3, num_classes=5, mode='grid', spatial=False)
+
+
 def test_goodness_bad_arguments():
     h = torch.randn(2, 4, 2, 2)
     with pytest.raises(ConfigError, match="'x'.*channel"):
@@ -70,7 +88,7 @@ def test_goodness_bad_arguments():
 def test_goodness_fp32_for_low_precision_input(dtype):
     h = torch.randn(2, 8, 4, 4).to(dtype)
     h[0, 0, 0, 0] = 300.  # 300**2 overflows fp16 (max 65504)
-    for mode in ('channel', 'patch', 'channel_patch'):
+    for mode in ('channel', 'patch', 'channel_patch', 'grid'):
         g = goodness_vector(h, mode=mode)
         assert g.dtype == torch.float32 and torch.isfinite(g).all()
         torch.testing.assert_close(g, goodness_vector(h.float(), mode=mode))

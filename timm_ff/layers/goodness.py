@@ -15,7 +15,7 @@ from ..errors import unknown_choice
 
 __all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 'FixedLinear', 'GoodnessHead']
 
-GOODNESS_MODES = ('channel', 'patch', 'channel_patch')
+GOODNESS_MODES = ('channel', 'patch', 'channel_patch', 'grid')
 GOODNESS_REDUCE = ('mean', 'sum')
 HEAD_PROJ = ('learned', 'fixed')
 
@@ -32,9 +32,10 @@ def goodness_vector(
     Args:
         h: Activation, (B, C, H, W) or (B, C).
         mode: 'channel' (one value per channel group), 'patch' (one value per cell of a
-            ``patches`` x ``patches`` grid, channels pooled) or 'channel_patch' (both, concatenated).
-        groups: Channel groups for 'channel'; 0 means one group per channel.
-        patches: Grid side for 'patch'.
+            ``patches`` x ``patches`` grid, channels pooled), 'channel_patch' (both, concatenated) or
+            'grid' (one value per channel group *per* grid cell: spatial layout kept, G * patches^2 values).
+        groups: Channel groups for 'channel' and 'grid'; 0 means one group per channel.
+        patches: Grid side for 'patch' and 'grid'.
         reduce: 'mean' or 'sum' of squares inside each group / patch.
 
     Returns:
@@ -50,6 +51,13 @@ def goodness_vector(
     B, C, H, W = sq.shape
     pool = torch.mean if reduce == 'mean' else torch.sum
     parts = []
+    if mode == 'grid':
+        g = groups or C
+        if C % g:
+            raise ValueError(f'goodness groups={g} must divide the {C} channels of this unit')
+        per_group = sq.reshape(B, g, C // g, H, W).mean(2)
+        cells = F.adaptive_avg_pool2d(per_group, patches).flatten(1)
+        return cells * (C // g * H * W) / (patches * patches) if reduce == 'sum' else cells
     if mode in ('channel', 'channel_patch'):
         g = groups or C
         if C % g:
@@ -126,7 +134,8 @@ class GoodnessHead(nn.Module):
         self.num_classes = num_classes
         n_chan = (groups or in_chs) if mode in ('channel', 'channel_patch') else 0
         n_patch = patches * patches if mode in ('patch', 'channel_patch') else 0
-        self.num_goodness = n_chan + n_patch
+        n_grid = (groups or in_chs) * patches * patches if mode == 'grid' else 0
+        self.num_goodness = n_chan + n_patch + n_grid
         self.coupled_norm = coupled_norm
         self.temperature = temperature
         self.proj = self._make_proj(num_classes)
