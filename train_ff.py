@@ -164,6 +164,21 @@ def build_model(args, num_classes: int, in_chans: int):
     return model
 
 
+def describe_data(data, name: str, train_loader, eval_loader) -> dict:
+    """What a model card records about the data: name, kind, splits, sizes and content hashes (no paths)."""
+    kind = ('bundled sample' if data.is_sample else 'local parquet' if data.source.startswith('local parquet')
+            else 'local image folder' if data.source.startswith('local image') else 'Hugging Face Hub')
+    info = dict(name=name or 'local', kind=kind, label_column=data.label_column, num_classes=data.num_classes)
+    for key, split, loader in (('train', data.train, train_loader), ('eval', data.eval, eval_loader)):
+        info[f'{key}_split'] = str(split.split) if split.split is not None else key
+        info[f'{key}_rows'] = len(split)
+        info[f'{key}_fingerprint'] = split._fingerprint
+        digest = getattr(getattr(loader, 'dataset', None), 'content_hash', '')
+        if digest:
+            info[f'{key}_content_hash'] = f'blake2b-128:{digest}'
+    return info
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_args(args)
@@ -273,7 +288,8 @@ def main(argv=None) -> int:
     run_info = dict(command=' '.join([Path(sys.argv[0]).name] + sys.argv[1:]), git_commit=git_commit(),
                     timm_ff_version=timm_ff.__version__, timm_version=timm.__version__,
                     torch_version=torch.__version__, data_source=data.source, started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(t_start)),
-                    num_processes=accelerator.num_processes, device=str(accelerator.device))
+                    num_processes=accelerator.num_processes, device=str(accelerator.device),
+                    data=describe_data(data, args.dataset, train_loader, eval_loader))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / 'recipe.yaml').write_text(yaml.safe_dump(recipe, sort_keys=True))

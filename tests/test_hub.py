@@ -201,11 +201,15 @@ def test_model_card_states_metrics_command_commit_and_sha256(trained_run, tmp_pa
     for u, acc in enumerate(metrics['unit_accuracy']):
         assert f'| Unit {u} top-1 accuracy (%) | {acc:.2f} |' in card
     run_info = json.loads((trained_run / 'run_info.json').read_text())
-    assert run_info['command'] in card and run_info['git_commit'] in card
+    from timm_ff.hub.card import scrub_paths
+    assert scrub_paths(run_info['command']) in card and run_info['git_commit'] in card
+    assert str(trained_run) not in card and '/tmp/' not in card  # no local paths in a published card
     assert 'import timm_ff, timm' in card
     assert "timm.create_model('hf-hub:someorg/some-model', pretrained=True)" in card
     assert '`import timm_ff` is required' in card and 'Apache License 2.0' in card
-    assert 'bundled CIFAR-10 sample' in card  # says which data were really used
+    # says which data were really used: kind, splits, sizes and a content hash of the decoded images
+    assert "bundled sample copy of `cifar10`; train split `train` (950 images, blake2b-128:" in card
+    assert run_info['data']['eval_content_hash'] in card and 'labels `label` (10 classes)' in card
 
 
 def test_cli_card_and_dry_run(trained_run, tmp_path, capsys):

@@ -54,11 +54,13 @@ class DecodedSplit:
         images: uint8 (N, C, H, W).
         labels: int64 (N,).
         cache_note: One line saying whether the decoded cache was used, written or rebuilt.
+        content_hash: blake2b-128 of the decoded pixels and labels (identifies the data, not its path).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     cache_note: str = ''
+    content_hash: str = ''
 
 
 def _content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -137,22 +139,24 @@ def decode_split(split: datasets.Dataset, image_column: str, label_column: str, 
             images, labels = blob['images'], blob['labels']
             with safe_open(str(path), 'pt') as sf:  # metadata lives in the safetensors header
                 meta = sf.metadata() or {}
-            if meta.get('fingerprint') != split._fingerprint or meta.get('hash') != _content_hash(images, labels):
+            digest = _content_hash(images, labels)
+            if meta.get('fingerprint') != split._fingerprint or meta.get('hash') != digest:
                 note = f'decoded cache {path} is stale or corrupt (hash/fingerprint mismatch); rebuilt it'
             else:
-                return DecodedSplit(images, labels, f'decoded cache {path} (hash checked)')
+                return DecodedSplit(images, labels, f'decoded cache {path} (hash checked)', digest)
         except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as e:
             note = f'decoded cache {path} is unreadable ({type(e).__name__}); rebuilt it'
     images, labels = _decode(split, image_column, label_column, mode)
+    digest = _content_hash(images, labels)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f'.tmp{os.getpid()}')
         save_file({'images': images, 'labels': labels}, str(tmp),
-                  metadata={'fingerprint': split._fingerprint, 'hash': _content_hash(images, labels),
+                  metadata={'fingerprint': split._fingerprint, 'hash': digest,
                             'image_column': image_column, 'label_column': label_column, 'mode': mode})
         os.replace(tmp, path)
         note = note or f'decoded {len(labels)} images once into {path}'
-    return DecodedSplit(images, labels, note or f'decoded {len(labels)} images (cache off)')
+    return DecodedSplit(images, labels, note or f'decoded {len(labels)} images (cache off)', digest)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ git commit, recipe) and files (size and sha256 of the weights, which :func:`vali
 checks against).
 """
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -91,6 +92,28 @@ def _usage(repo_id: str, arch: str) -> str:
     )
 
 
+_PATH_RE = re.compile(r'(?<![\w:/])(?:/|\.{1,2}/|~/)[^\s\'"]*')
+
+
+def scrub_paths(text: str) -> str:
+    """Replace local filesystem paths with ``<local>/<last part>``: a card names data, not a machine."""
+    return _PATH_RE.sub(lambda m: '<local>/' + m.group(0).rstrip('/').rsplit('/', 1)[-1], text)
+
+
+def _data_line(info: Optional[Dict], dataset_id: Optional[str]) -> str:
+    """The card's "Data used" line, from ``run_info['data']``."""
+    if not info:
+        return dataset_id or '-'
+    parts = [f"{info.get('kind', '?')} copy of `{info.get('name')}`" if info.get('kind') != 'Hugging Face Hub'
+             else f"`{dataset_id or info.get('name')}` from the Hugging Face Hub"]
+    for key in ('train', 'eval'):
+        if f'{key}_rows' in info:
+            ident = info.get(f'{key}_content_hash') or f"datasets fingerprint {info.get(f'{key}_fingerprint')}"
+            parts.append(f"{key} split `{info.get(f'{key}_split')}` ({info[f'{key}_rows']} images, {ident})")
+    parts.append(f"labels `{info.get('label_column')}` ({info.get('num_classes')} classes)")
+    return '; '.join(parts)
+
+
 def _card_details(run: Path, cfg: Dict[str, Any], recipe: Dict, run_info: Dict, metrics: Dict) -> str:
     """The card's summary paragraph and "Model Details" list."""
     arch = cfg['architecture']
@@ -98,8 +121,7 @@ def _card_details(run: Path, cfg: Dict[str, Any], recipe: Dict, run_info: Dict, 
     n_params = sum(math.prod(shape) for _, shape in header.values())
     dataset_id = _dataset_hub_id(recipe)
     objective = metrics.get('objective') or recipe.get('objective') or '-'
-    data_source = (run_info.get('data_source') or metrics.get('data_source') or dataset_id
-                   or recipe.get('data_dir') or '-')
+    data_source = _data_line(run_info.get('data'), dataset_id)
     size = cfg.get('pretrained_cfg', {}).get('input_size')
     return '\n'.join([
         f'A `{arch}` image classifier trained layer-locally with the `{objective}` objective of timm_ff, '
@@ -122,12 +144,12 @@ def _card_training(repo_id: str, recipe: Dict, run_info: Dict, metrics: Dict) ->
     return '\n'.join([
         '## Training\n',
         'Produced by this command:\n',
-        f'```\n{run_info.get("command", "-")}\n```\n',
+        f'```\n{scrub_paths(run_info.get("command", "-"))}\n```\n',
         f'at git commit `{commit}` (timm_ff {run_info.get("timm_ff_version", "?")}, '
         f'timm {run_info.get("timm_version", "?")}, torch {run_info.get("torch_version", "?")}). '
         'The exact recipe is stored in config.json under `timm_ff.recipe`; '
         f'`train_ff.py -c hf-hub:{repo_id}` re-runs it:\n',
-        f'```yaml\n{yaml.safe_dump(recipe, sort_keys=True).rstrip()}\n```\n',
+        f'```yaml\n{scrub_paths(yaml.safe_dump(recipe, sort_keys=True).rstrip())}\n```\n',
     ])
 
 
