@@ -9,7 +9,10 @@ label (see ``FFNet.forward_unit_logits``).
 import torch
 import torch.nn.functional as F
 
+from ..errors import unknown_choice
 from ._base import Objective, register_objective
+
+FF_LOSSES = ('threshold', 'symba')
 
 
 @register_objective('ff')
@@ -18,14 +21,22 @@ class FFObjective(Objective):
     local = True
     label_embed = True
 
-    def __init__(self, threshold: float = 1.0, neg_weight: float = 1.0):
+    def __init__(self, threshold: float = 1.0, neg_weight: float = 1.0, loss: str = 'threshold', alpha: float = 4.0):
         """
         Args:
             threshold: theta, in units of the model's goodness (mean of squares by default).
-            neg_weight: Weight of the negative term.
+            neg_weight: Weight of the negative term ('threshold' loss).
+            loss: 'threshold' (Hinton: each pass against theta) or 'symba' (Lee & Song 2023:
+                ``softplus(alpha * (g_neg - g_pos))`` on each image's positive/negative pair, which
+                balances the two gradients and needs no threshold).
+            alpha: Scale of the goodness difference in the 'symba' loss.
         """
+        if loss not in FF_LOSSES:
+            raise unknown_choice('ff loss', loss, FF_LOSSES)
         self.threshold = threshold
         self.neg_weight = neg_weight
+        self.loss = loss
+        self.alpha = alpha
 
     def init_state(self, x, targets, num_classes):
         offset = torch.randint(1, num_classes, targets.shape, device=targets.device)
@@ -39,8 +50,10 @@ class FFObjective(Objective):
         return dict(pos=hp, neg=hn, pos_labels=None, neg_labels=None), (gp, gn)
 
     def unit_loss(self, u, num_units, out, targets):
-        gp, gn = out
-        return (F.softplus(self.threshold - gp.float()) + self.neg_weight * F.softplus(gn.float() - self.threshold)).mean()
+        gp, gn = out[0].float(), out[1].float()
+        if self.loss == 'symba':
+            return F.softplus(self.alpha * (gn - gp)).mean()
+        return (F.softplus(self.threshold - gp) + self.neg_weight * F.softplus(gn - self.threshold)).mean()
 
     def unit_logits(self, out):
         return None
