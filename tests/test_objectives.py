@@ -277,3 +277,21 @@ def test_check_model_rejects_mismatch(objective):
     assert objective in str(e.value)
     with pytest.raises(ConfigError, match='num_classes'):
         obj.check_model(timm.create_model(good, num_classes=0))
+
+
+def test_ff_symba_loss_values_and_learning():
+    obj = create_objective('ff', loss='symba', alpha=2.0)
+    gp, gn = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0])
+    expected = torch.nn.functional.softplus(2.0 * (gn - gp)).mean()
+    torch.testing.assert_close(obj.unit_loss(0, 4, (gp, gn), None), expected)
+    model = timm.create_model('ff_mlp').train()
+    x, y = _batch(model, b=16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        result, _ = _step(model, obj, x, y, seed=0)
+        opt.step()
+        losses.append(sum(result.unit_losses))
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+    with pytest.raises(ConfigError, match="unknown ff loss 'hinge'; allowed: symba, threshold"):
+        create_objective('ff', loss='hinge')
