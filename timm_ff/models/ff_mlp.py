@@ -88,7 +88,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def dtgff_mlp(pretrained: bool = False, **kwargs) -> FFMLP:
     """DTG-FF MLP (4 x 512 units)."""
-    return _create_ff_mlp('dtgff_mlp', pretrained, DTGFF_DEFAULTS, **kwargs)
+    return _create_ff_mlp('dtgff_mlp', pretrained, dict(DTGFF_DEFAULTS, goodness='channel'), **kwargs)  # no grid on vectors
 
 
 @register_model

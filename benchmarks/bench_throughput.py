@@ -1,0 +1,216 @@
+"""Training throughput of layer-local vs end-to-end training, the data path alone, and trainer overhead.
+
+    python benchmarks/bench_throughput.py                       # CPU, dtgff_cnn_s and dtgff_resnet18
+    python benchmarks/bench_throughput.py --mixed-precision bf16 --compile --name throughput_gpu   # on a GPU
+
+Every configuration runs in a fresh process (no allocator or compile cache shared between them) on
+the same batches of the batch-tensor data path (full ``cifar10-jpeg`` when present, else the bundled
+sample), with ``--warmup`` untimed steps and then ``--steps`` timed optimiser steps through the real
+:class:`timm_ff.trainer.LocalTrainer`. Beside them: ``data`` times the data path alone (batches made,
+no model), and ``bare`` runs the same ``dtg`` summed step as a hand-written PyTorch loop on the same
+batches, so ``trainer / bare`` is the trainer's overhead. Results go to
+``benchmarks/results/<name>.json`` and a PNG bar chart next to it.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import REPO, provenance  # noqa: E402
+
+MODELS = ('dtgff_cnn_s', 'dtgff_resnet18')
+TRAIN_CONFIGS = (('dtg', 'summed'), ('dtg', 'per_unit'), ('bp', 'summed'), ('bp_deepsup', 'summed'))
+
+
+def _setup(model_name: str, batch_size: int, data_dir: str, mixed_precision: str, channels_last: bool):
+    """The parts train_ff.py builds: accelerator, model, loaders (tensor path)."""
+    import timm
+    import torch
+    from accelerate import Accelerator
+    from timm.data import resolve_data_config
+
+    import timm_ff  # noqa: F401
+    from timm_ff.data import create_loaders, load_image_datasets
+    data = load_image_datasets('cifar10', data_dir=data_dir or None)
+    acc = Accelerator(mixed_precision=mixed_precision)
+    model = timm.create_model(model_name, num_classes=data.num_classes)
+    if channels_last:
+        from timm_ff.trainer import to_channels_last
+        to_channels_last(model)
+    train, _ = create_loaders(data, data_config=resolve_data_config(model=model), batch_size=batch_size,
+                              pipeline='tensor', aug='crop_flip', device=acc.device, channels_last=channels_last)
+    return acc, model, train, data.source
+
+
+def _sync(device):
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def run_one(cfg: dict) -> dict:
+    """One configuration in this process; returns img/s (and CUDA peak memory)."""
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    import timm_ff
+    from timm_ff.trainer import LocalTrainer, compile_units
+    torch.manual_seed(0)
+    acc, model, train, source = _setup(cfg['model'], cfg['batch_size'], cfg['data_dir'], cfg['mixed_precision'],
+                                       cfg['channels_last'])
+    warm, steps, b = cfg['warmup'], cfg['steps'], cfg['batch_size']
+    out = dict(cfg, data_source=source, device=str(acc.device))
+    if cfg['kind'] == 'data':
+        it = iter(train)
+        for _ in range(warm):
+            next(it)
+        _sync(acc.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            x, _ = next(it)
+        _sync(acc.device)
+        return dict(out, img_per_s=steps * b / (time.perf_counter() - t0))
+    if cfg['compile']:
+        why_not = compile_units(model.local_units())
+        out['compiled'] = not why_not
+    opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=5e-4)
+    if acc.device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(acc.device)
+    if cfg['kind'] == 'bare':
+        model.to(acc.device).train()
+        units = model.local_units()
+        ce = torch.nn.functional.cross_entropy
+        it = iter(train)
+
+        def step():
+            x, y = next(it)
+            h, losses = x, []
+            with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg['mixed_precision'] == 'bf16'):
+                for unit in units:
+                    h, z = unit(h.detach(), with_logits=True)
+                    losses.append(ce(z.float(), y))
+            torch.stack(losses).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for _ in range(warm):
+            step()
+        _sync(acc.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(acc.device)
+        out['img_per_s'] = steps * b / (time.perf_counter() - t0)
+    else:
+        trainer = LocalTrainer(accelerator=acc, model=model, objective=timm_ff.create_objective(cfg['objective']),
+                               optimizer=opt, scheduler=None, train_loader=train, eval_loader=train, epochs=1,
+                               output_dir=Path(cfg['tmp']), local_backward=cfg['mode'], max_train_steps=warm,
+                               log_every=10 ** 9, progress=False)
+        trainer.train_epoch(0)
+        trainer.max_train_steps = warm + steps
+        _sync(acc.device)
+        stats = trainer.train_epoch(0)  # continues mid-epoch, as a resumed run does
+        out['img_per_s'] = stats['train_images'] / stats['train_time_s']
+    if acc.device.type == 'cuda':
+        out['cuda_max_memory_allocated_mb'] = torch.cuda.max_memory_allocated(acc.device) / 2 ** 20
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--data-dir', default=str(REPO.parent / 'shared/data/cifar10-jpeg'),
+                   help="CIFAR-10 parquet folder ('' or a missing folder: the bundled sample)")
+    p.add_argument('--models', nargs='+', default=list(MODELS))
+    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--warmup', type=int, nargs=2, default=[5, 2], help='untimed steps: small CNN, ResNet')
+    p.add_argument('--steps', type=int, nargs=2, default=[40, 8], help='timed steps: small CNN, ResNet')
+    p.add_argument('--mixed-precision', default='no', choices=['no', 'bf16'])
+    p.add_argument('--compile', action='store_true')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--name', default='throughput_cpu')
+    p.add_argument('--one', default='', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print('RESULT ' + json.dumps(run_one(json.loads(args.one))))
+        return
+    data_dir = args.data_dir if Path(args.data_dir).is_dir() else ''
+    prov = provenance(0)
+    rows = []
+    tmp = REPO / 'benchmarks/runs/throughput'
+    tmp.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        small = 'cnn' in model or 'mlp' in model
+        base = dict(model=model, batch_size=args.batch_size, data_dir=data_dir, mixed_precision=args.mixed_precision,
+                    compile=args.compile, channels_last=args.channels_last, tmp=str(tmp),
+                    warmup=args.warmup[0 if small else 1], steps=args.steps[0 if small else 1])
+        configs = [dict(base, kind='data', warmup=5, steps=200 if small else 100)]
+        configs += [dict(base, kind='trainer', objective=o, mode=m) for o, m in TRAIN_CONFIGS]
+        configs += [dict(base, kind='bare', objective='dtg', mode='summed')]
+        for cfg in configs:
+            cmd = [sys.executable, __file__, '--one', json.dumps(cfg)]
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
+            row = json.loads(line[-1][7:]) if proc.returncode == 0 and line else dict(
+                cfg, failed=True, error=proc.stderr.strip().splitlines()[-1:] or ['no output'])
+            row.pop('tmp', None)
+            rows.append(row)
+            label = row['kind'] if row['kind'] != 'trainer' else f"{row['objective']} {row['mode']}"
+            print(f"{model:16s} {label:18s} " + (f"{row['img_per_s']:8.1f} img/s" if 'img_per_s' in row else 'FAILED'),
+                  flush=True)
+    result = dict(prov, batch_size=args.batch_size, mixed_precision=args.mixed_precision, compile=args.compile,
+                  channels_last=args.channels_last, rows=rows, ratios=ratios(rows))
+    path = REPO / 'benchmarks/results' / f'{args.name}.json'
+    path.write_text(json.dumps(result, indent=2) + '\n')
+    print(json.dumps(result['ratios'], indent=2))
+    plot(rows, path.with_suffix('.png'), f"{prov['machine'].get('gpu', prov['machine']['cpu'])}, batch {args.batch_size}")
+    print(f'-> {path}')
+
+
+def _get(rows, model, kind, objective=None, mode=None):
+    for r in rows:
+        if r['model'] == model and r['kind'] == kind and r.get('objective') == objective and r.get('mode') == mode:
+            return r.get('img_per_s')
+    return None
+
+
+def ratios(rows) -> dict:
+    """The goals' ratios per model (None where a configuration failed)."""
+    out = {}
+    for model in dict.fromkeys(r['model'] for r in rows):
+        def g(*a):
+            return _get(rows, model, *a)
+        summed, per_unit = g('trainer', 'dtg', 'summed'), g('trainer', 'dtg', 'per_unit')
+        bp, bpds, bare, data = g('trainer', 'bp', 'summed'), g('trainer', 'bp_deepsup', 'summed'), g('bare', 'dtg', 'summed'), g('data')
+        div = lambda a, b: a / b if a and b else None  # noqa: E731
+        out[model] = dict(
+            dtg_over_bp_deepsup=div(summed, bpds), dtg_per_unit_over_bp_deepsup=div(per_unit, bpds),
+            dtg_over_bp=div(summed, bp), dtg_per_unit_over_bp=div(per_unit, bp),
+            data_path_over_dtg=div(data, summed), trainer_overhead_pct=(div(bare, summed) - 1) * 100 if bare and summed else None)
+    return out
+
+
+def plot(rows, path: Path, title: str):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    models = list(dict.fromkeys(r['model'] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sel = [r for r in rows if r['model'] == model and r['kind'] != 'data' and 'img_per_s' in r]
+        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'bare' else f"{r['objective']}\n{r['mode']}" for r in sel]
+        colors = ['#888888' if r['kind'] == 'bare' else '#2a7ab9' if r['objective'] == 'dtg' else '#d9822b' for r in sel]
+        bars = ax.bar(labels, [r['img_per_s'] for r in sel], color=colors)
+        ax.bar_label(bars, fmt='%.0f', fontsize=8)
+        data = _get(rows, model, 'data')
+        ax.set_title(f'{model}' + (f'  (data path alone: {data:.0f} img/s)' if data else ''), fontsize=9)
+        ax.set_ylabel('training img/s')
+        ax.tick_params(axis='x', labelsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == '__main__':
+    main()
