@@ -7,12 +7,14 @@ Every configuration runs in a fresh process (no allocator or compile cache share
 the same batches of the batch-tensor data path (full ``cifar10-jpeg`` when present, else the bundled
 sample), with ``--warmup`` untimed steps and then ``--steps`` timed optimiser steps through the real
 :class:`timm_ff.trainer.LocalTrainer`. Beside them: ``data`` times the data path alone (batches made,
-no model), and ``bare`` runs the same ``dtg`` summed step as a hand-written PyTorch loop on the same
-batches, so ``trainer / bare`` is the trainer's overhead. Results go to
+no model), and ``overhead`` runs the same ``dtg`` summed step as a hand-written PyTorch loop on the
+same model and batches, alternated with the trainer in one process (median of 3 rounds each), so
+``bare / trainer`` is the trainer's overhead. Results go to
 ``benchmarks/results/<name>.json`` and a PNG bar chart next to it.
 """
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +47,15 @@ def _setup(model_name: str, batch_size: int, data_dir: str, mixed_precision: str
     return acc, model, train, data.source
 
 
+def _cycle(loader):
+    """Batches of epoch 0, 1, 2, ... without end (the bundled sample has only 7 batches per epoch)."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def _sync(device):
     import torch
     if device.type == 'cuda':
@@ -64,7 +75,7 @@ def run_one(cfg: dict) -> dict:
     warm, steps, b = cfg['warmup'], cfg['steps'], cfg['batch_size']
     out = dict(cfg, data_source=source, device=str(acc.device))
     if cfg['kind'] == 'data':
-        it = iter(train)
+        it = _cycle(train)
         for _ in range(warm):
             next(it)
         _sync(acc.device)
@@ -79,13 +90,31 @@ def run_one(cfg: dict) -> dict:
     opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=5e-4)
     if acc.device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(acc.device)
-    if cfg['kind'] == 'bare':
-        model.to(acc.device).train()
-        units = model.local_units()
-        ce = torch.nn.functional.cross_entropy
-        it = iter(train)
+    trainer = LocalTrainer(accelerator=acc, model=model, objective=timm_ff.create_objective(cfg['objective']),
+                           optimizer=opt, scheduler=None, train_loader=train, eval_loader=train, epochs=1,
+                           output_dir=Path(cfg['tmp']), local_backward=cfg['mode'], max_train_steps=warm,
+                           log_every=10 ** 9, progress=False)
+    trainer.train_epoch(0)
 
-        def step():
+    def trainer_steps(n):  # continues mid-epoch, as a resumed run does
+        trainer.max_train_steps = trainer.state.global_step + n
+        _sync(acc.device)
+        stats = trainer.train_epoch(0)
+        _sync(acc.device)
+        return stats['train_images'] / stats['train_time_s']
+    if cfg['kind'] == 'trainer':
+        return dict(out, img_per_s=trainer_steps(steps), **_cuda_peak(acc.device))
+    # 'overhead': the same dtg summed step written by hand, on the same model and batches, alternated
+    # with the trainer in this process so both see the same machine state; medians of the rounds
+    model.train()
+    units = model.local_units()
+    ce = torch.nn.functional.cross_entropy
+    it = _cycle(train)
+
+    def bare_steps(n):
+        _sync(acc.device)
+        t0 = time.perf_counter()
+        for _ in range(n):
             x, y = next(it)
             h, losses = x, []
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg['mixed_precision'] == 'bf16'):
@@ -95,27 +124,21 @@ def run_one(cfg: dict) -> dict:
             torch.stack(losses).sum().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        for _ in range(warm):
-            step()
         _sync(acc.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(acc.device)
-        out['img_per_s'] = steps * b / (time.perf_counter() - t0)
-    else:
-        trainer = LocalTrainer(accelerator=acc, model=model, objective=timm_ff.create_objective(cfg['objective']),
-                               optimizer=opt, scheduler=None, train_loader=train, eval_loader=train, epochs=1,
-                               output_dir=Path(cfg['tmp']), local_backward=cfg['mode'], max_train_steps=warm,
-                               log_every=10 ** 9, progress=False)
-        trainer.train_epoch(0)
-        trainer.max_train_steps = warm + steps
-        _sync(acc.device)
-        stats = trainer.train_epoch(0)  # continues mid-epoch, as a resumed run does
-        out['img_per_s'] = stats['train_images'] / stats['train_time_s']
-    if acc.device.type == 'cuda':
-        out['cuda_max_memory_allocated_mb'] = torch.cuda.max_memory_allocated(acc.device) / 2 ** 20
-    return out
+        return n * b / (time.perf_counter() - t0)
+    bare_steps(warm)
+    rounds = [(trainer_steps(steps), bare_steps(steps)) for _ in range(3)]
+    out.update(trainer_img_per_s=statistics.median(r[0] for r in rounds),
+               bare_img_per_s=statistics.median(r[1] for r in rounds), rounds=rounds)
+    out['img_per_s'] = out['bare_img_per_s']
+    return dict(out, **_cuda_peak(acc.device))
+
+
+def _cuda_peak(device) -> dict:
+    import torch
+    if device.type != 'cuda':
+        return {}
+    return dict(cuda_max_memory_allocated_mb=torch.cuda.max_memory_allocated(device) / 2 ** 20)
 
 
 def main():
@@ -147,7 +170,7 @@ def main():
                     warmup=args.warmup[0 if small else 1], steps=args.steps[0 if small else 1])
         configs = [dict(base, kind='data', warmup=5, steps=200 if small else 100)]
         configs += [dict(base, kind='trainer', objective=o, mode=m) for o, m in TRAIN_CONFIGS]
-        configs += [dict(base, kind='bare', objective='dtg', mode='summed')]
+        configs += [dict(base, kind='overhead', objective='dtg', mode='summed')]
         for cfg in configs:
             cmd = [sys.executable, __file__, '--one', json.dumps(cfg)]
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -156,7 +179,7 @@ def main():
                 cfg, failed=True, error=proc.stderr.strip().splitlines()[-1:] or ['no output'])
             row.pop('tmp', None)
             rows.append(row)
-            label = row['kind'] if row['kind'] != 'trainer' else f"{row['objective']} {row['mode']}"
+            label = {'trainer': f"{row.get('objective')} {row.get('mode')}", 'overhead': 'bare loop'}.get(row['kind'], row['kind'])
             print(f"{model:16s} {label:18s} " + (f"{row['img_per_s']:8.1f} img/s" if 'img_per_s' in row else 'FAILED'),
                   flush=True)
     result = dict(prov, batch_size=args.batch_size, mixed_precision=args.mixed_precision, compile=args.compile,
@@ -182,12 +205,15 @@ def ratios(rows) -> dict:
         def g(*a):
             return _get(rows, model, *a)
         summed, per_unit = g('trainer', 'dtg', 'summed'), g('trainer', 'dtg', 'per_unit')
-        bp, bpds, bare, data = g('trainer', 'bp', 'summed'), g('trainer', 'bp_deepsup', 'summed'), g('bare', 'dtg', 'summed'), g('data')
+        bp, bpds, data = g('trainer', 'bp', 'summed'), g('trainer', 'bp_deepsup', 'summed'), g('data')
+        pair = [r for r in rows if r['model'] == model and r['kind'] == 'overhead' and 'bare_img_per_s' in r]
+        bare, beside = (pair[0]['bare_img_per_s'], pair[0]['trainer_img_per_s']) if pair else (None, None)
         div = lambda a, b: a / b if a and b else None  # noqa: E731
         out[model] = dict(
             dtg_over_bp_deepsup=div(summed, bpds), dtg_per_unit_over_bp_deepsup=div(per_unit, bpds),
             dtg_over_bp=div(summed, bp), dtg_per_unit_over_bp=div(per_unit, bp),
-            data_path_over_dtg=div(data, summed), trainer_overhead_pct=(div(bare, summed) - 1) * 100 if bare and summed else None)
+            data_path_over_dtg=div(data, summed),
+            trainer_overhead_pct=(div(bare, beside) - 1) * 100 if bare and beside else None)
     return out
 
 
@@ -199,8 +225,8 @@ def plot(rows, path: Path, title: str):
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         sel = [r for r in rows if r['model'] == model and r['kind'] != 'data' and 'img_per_s' in r]
-        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'bare' else f"{r['objective']}\n{r['mode']}" for r in sel]
-        colors = ['#888888' if r['kind'] == 'bare' else '#2a7ab9' if r['objective'] == 'dtg' else '#d9822b' for r in sel]
+        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'overhead' else f"{r['objective']}\n{r['mode']}" for r in sel]
+        colors = ['#888888' if r['kind'] == 'overhead' else '#2a7ab9' if r['objective'] == 'dtg' else '#d9822b' for r in sel]
         bars = ax.bar(labels, [r['img_per_s'] for r in sel], color=colors)
         ax.bar_label(bars, fmt='%.0f', fontsize=8)
         data = _get(rows, model, 'data')
