@@ -34,11 +34,13 @@ from timm_ff.tensor_data import DATA_PIPELINES, TRAIN_AUGS, BatchAugment, Tensor
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
     'make_transform', 'create_loaders', 'set_augmentation_epoch', 'choose_pipeline', 'batches_per_process',
-    'SAMPLE_DIR', 'TENSOR_MEMORY_BUDGET',
+    'SAMPLE_DIR', 'CHECK_SAMPLES', 'TENSOR_MEMORY_BUDGET', 'sample_accuracy',
 ]
 
 SAMPLE_DIR = Path(__file__).resolve().parent / '_sample' / 'cifar10-tiny'
 """Folder of the bundled real CIFAR-10 sample (950 train / 500 test images, columns ``img``, ``label``)."""
+CHECK_SAMPLES = {'cifar10': SAMPLE_DIR, 'mnist': SAMPLE_DIR.parent / 'mnist-tiny'}
+"""Bundled real samples per dataset (test split: 50 images per class) that release checks evaluate on."""
 
 _EVAL_SPLIT_FALLBACKS = ('test', 'validation', 'valid', 'val')
 _IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
@@ -606,3 +608,21 @@ class _PadCropFlip:
 
     def __call__(self, img):
         return self.tf(img)
+
+
+@torch.no_grad()
+def sample_accuracy(model: torch.nn.Module, dataset: str) -> dict | None:
+    """Fused top-1 of ``model`` on the bundled test sample of ``dataset`` (None if none is bundled).
+
+    The number a release's model card states and its test reproduces after a Hub download.
+    """
+    if dataset not in CHECK_SAMPLES:
+        return None
+    data = load_image_datasets(data_dir=str(CHECK_SAMPLES[dataset]))
+    in_chans = getattr(model, 'in_chans', 3)
+    config = timm.data.resolve_data_config(model=model)
+    _, loader = create_loaders(data, data_config=config, batch_size=100, in_chans=in_chans, pipeline='tensor')
+    model.eval()
+    hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
+    return dict(dataset=dataset, sample=CHECK_SAMPLES[dataset].name, split=str(data.eval.split),
+                images=len(data.eval), accuracy=100.0 * hits / len(data.eval))

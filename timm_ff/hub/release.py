@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..models._hub_org import HUB_ORG
-from ._common import CONFIG_NAME, WEIGHTS_NAME, PathLike
-from .integrity import _read_json, sha256_file
+from ._common import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, PathLike
+from ..data import sample_accuracy
+from .integrity import _read_json, load_model_folder, sha256_file
 from .publish import build_upload_folder
 
-__all__ = ['match_release_runs', 'build_release']
+__all__ = ['match_release_runs', 'build_release', 'check_section']
 
 _logger = logging.getLogger(__name__)
 
@@ -85,6 +86,14 @@ def match_release_runs(runs_root: PathLike, recipes_dir: Optional[PathLike] = No
     return matched, missing
 
 
+def check_section(check: Dict[str, Any]) -> str:
+    """Model-card section stating the accuracy on the bundled sample, which a download can re-check."""
+    return (f"\n## Check on bundled data\n\nFused top-1 on the `{check['split']}` split of the sample "
+            f"`timm_ff/_sample/{check['sample']}` shipped with timm_ff ({check['images']} real {check['dataset']} "
+            f"images, 50 per class): **{check['accuracy']:.2f}%**. Reproduce it with "
+            f"`timm_ff.data.sample_accuracy(model, '{check['dataset']}')`.\n")
+
+
 def build_release(runs_root: PathLike, out_dir: PathLike, org: str = HUB_ORG,
                   recipes_dir: Optional[PathLike] = None) -> List[Path]:
     """Write an upload-ready folder ``out_dir/<arch>.<tag>/`` for every recipe that has a finished run.
@@ -102,8 +111,12 @@ def build_release(runs_root: PathLike, out_dir: PathLike, org: str = HUB_ORG,
     for name, run in sorted(matched.items()):
         folder = build_upload_folder(run, out / name, f'{org}/{name}')
         metrics = _read_json(run / 'metrics.json', 'metrics')
-        manifest['released'][name] = dict(repo_id=f'{org}/{name}', run=str(run),
-                                          accuracy=metrics.get('accuracy'),
+        check = sample_accuracy(load_model_folder(folder), name.split('.', 1)[1])
+        if check is not None:
+            with open(folder / CARD_NAME, 'a', encoding='utf-8') as f:
+                f.write(check_section(check))
+        manifest['released'][name] = dict(repo_id=f'{org}/{name}', run=run.name,
+                                          accuracy=metrics.get('accuracy'), sample_check=check,
                                           sha256=sha256_file(folder / WEIGHTS_NAME))
         folders.append(folder)
     out.mkdir(parents=True, exist_ok=True)
