@@ -104,10 +104,12 @@ def run_one(cfg: dict) -> dict:
         return stats['train_images'] / stats['train_time_s']
     if cfg['kind'] == 'trainer':
         return dict(out, img_per_s=trainer_steps(steps), **_cuda_peak(acc.device))
-    # 'overhead': the same dtg summed step written by hand, on the same model and batches, alternated
-    # with the trainer in this process so both see the same machine state; medians of the rounds
+    # 'overhead': the same dtg summed step (unit losses + fusion fit) written by hand, on the same model
+    # and batches, alternated with the trainer in this process so both see the same machine state;
+    # medians of the rounds
     model.train()
     units = model.local_units()
+    fit_fusion = any(p.requires_grad for p in model.fusion.parameters())
     ce = torch.nn.functional.cross_entropy
     it = _cycle(train)
 
@@ -117,10 +119,14 @@ def run_one(cfg: dict) -> dict:
         for _ in range(n):
             x, y = next(it)
             h, losses = x, []
+            logits = []
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg['mixed_precision'] == 'bf16'):
                 for unit in units:
                     h, z = unit(h.detach(), with_logits=True)
                     losses.append(ce(z.float(), y))
+                    logits.append(z.detach())
+            if fit_fusion:  # the learned fusion weights are fitted on detached logits, as the trainer does
+                losses.append(ce(model.fusion(logits), y))
             torch.stack(losses).sum().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
