@@ -54,5 +54,5 @@ class LogitFusion(nn.Module):
         if len(unit_logits) != self.num_units:
             raise ValueError(f'fusion expects logits of {self.num_units} units, got {len(unit_logits)}')
         stacked = torch.stack([z.float() for z in unit_logits[self.first:]], 0)
-        w = self.weights().to(stacked.device).reshape(-1, *([1] * (stacked.ndim - 1)))
+        w = self.weights().to(stacked.device)[:, None, None]  # stacked is (M, B, K)
         return (w * stacked).sum(0)
