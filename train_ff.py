@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--clip-grad', default=0.0, type=float, help='max grad norm, per unit (0: off)')
     g.add_argument('--grad-accum-steps', default=1, type=int, help='micro-batches per optimiser step')
     g.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help='autocast precision')
+    g.add_argument('--sync-bn', action='store_true', help='synchronise BatchNorm statistics across processes (DDP)')
     g.add_argument('--local-backward', default='summed', choices=['summed', 'per_unit'],
                    help='summed: one backward over all unit losses; per_unit: stream units, one backward each')
     g.add_argument('--seed', default=0, type=int, help='seed (data order, augmentation, init)')
@@ -191,6 +192,10 @@ def main(argv=None) -> int:
         log_with=trackers[args.log_with](),
         project_dir=str(out_dir),
     )
+    if args.sync_bn and accelerator.num_processes < 2:
+        raise ConfigError('--sync-bn synchronises BatchNorm across processes, but this run has 1 process; launch '
+                          'with accelerate launch --multi_gpu --num_processes N (ACCELERATE_USE_CPU=1 on CPU) '
+                          'or drop --sync-bn')
     set_seed(args.seed)
 
     spec = get_dataset_spec(args.dataset) if args.dataset else None
@@ -206,6 +211,11 @@ def main(argv=None) -> int:
 
     model = build_model(args, data.num_classes, in_chans)
     objective.check_model(model)
+    if args.sync_bn:
+        from timm_ff.layers import SyncBatchNorm, convert_sync_batchnorm
+        model = convert_sync_batchnorm(model, accelerator.device)  # before prepare, like timm's train.py
+        n_bn = sum(isinstance(m, (SyncBatchNorm, torch.nn.SyncBatchNorm)) for m in model.modules())
+        accelerator.print(f'sync-bn: {n_bn} BatchNorm layers synchronised across {accelerator.num_processes} processes')
     data_config = resolve_data_config(model=model)
     train_loader, eval_loader = create_loaders(
         data, data_config=data_config, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or None,
