@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--objective-kwargs', default={}, type=json.loads, help='JSON dict of objective kwargs')
     g.add_argument('--pretrained', action='store_true', help="start from the tag's published weights")
     g.add_argument('--initial-checkpoint', default='', help='safetensors file, run folder or hf-hub:ORG/NAME to start from')
+    g.add_argument('--linear-probe', action='store_true',
+                   help='train only the classifier (every unit head projection + fusion weights) on frozen features')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', help='registered dataset name (see timm_ff.data.list_datasets)')
     g.add_argument('--data-dir', default='', help='local HF parquet folder or imagefolder instead of the Hub')
@@ -168,6 +170,10 @@ def main(argv=None) -> int:
     natural = 'ff' if timm.models.split_model_name_tag(args.model)[0].startswith('ff_') else 'dtg'
     args.objective = args.objective or natural
     objective = timm_ff.create_objective(args.objective, **args.objective_kwargs)
+    if args.linear_probe and objective.label_embed:
+        raise ConfigError(f'--linear-probe trains class heads on frozen features, but objective {args.objective!r} '
+                          'has none (classic FF scores labels through the whole network); use dtg, bp or '
+                          'bp_deepsup with a dtgff_* model')
 
     t_start = time.time()
     # the state is a singleton the Accelerator below reuses; without cpu= it ignores ACCELERATE_USE_CPU
@@ -211,6 +217,10 @@ def main(argv=None) -> int:
 
     model = build_model(args, data.num_classes, in_chans)
     objective.check_model(model)
+    if args.linear_probe:
+        from timm_ff.probe import freeze_for_linear_probe
+        trainable = freeze_for_linear_probe(model)
+        accelerator.print(f'linear probe: training {len(trainable)} classifier tensors, the rest is frozen')
     if args.sync_bn:
         from timm_ff.layers import SyncBatchNorm, convert_sync_batchnorm
         model = convert_sync_batchnorm(model, accelerator.device)  # before prepare, like timm's train.py

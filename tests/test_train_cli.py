@@ -78,6 +78,7 @@ BAD_INPUTS = [
     (['--opt', 'nope'], "unknown --opt 'nope'"),
     (['--model', 'dtgff_cnn_s.cifar10', '--pretrained'], 'local-dir:'),
     (['--push-to-hub', 'not/a/repo id'], "'not/a/repo id'"),
+    (['--model', 'ff_cnn_s', '--linear-probe'], "--linear-probe trains class heads on frozen features, but objective 'ff'"),
     (['--sync-bn'], '--sync-bn synchronises BatchNorm across processes, but this run has 1 process'),
 ]
 
