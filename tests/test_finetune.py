@@ -26,7 +26,8 @@ def test_linear_probe_trains_only_the_classifier(model_name):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     model.train()
     c, h, w = model.pretrained_cfg['input_size']
-    x, y = torch.randn(8, c, min(h, 16) if model.spatial else h, min(w, 16) if model.spatial else w), torch.arange(8) % 5
+    size = (16, 16) if model.spatial else (h, w)  # small images; the MLPs need their own 28x28
+    x, y = torch.randn(8, c, *size), torch.arange(8) % 5
     task = LocalTask(model.local_units(), create_objective('dtg'), 5, fusion=model.fusion)
     for _ in range(2):
         task.step(x, y, lambda loss: loss.backward())
