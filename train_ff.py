@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--objective-kwargs', default={}, type=json.loads, help='JSON dict of objective kwargs')
     g.add_argument('--pretrained', action='store_true', help="start from the tag's published weights")
     g.add_argument('--initial-checkpoint', default='', help='safetensors file, run folder or hf-hub:ORG/NAME to start from')
+    g.add_argument('--linear-probe', action='store_true',
+                   help='train only the classifier (every unit head projection + fusion weights) on frozen features')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', help='registered dataset name (see timm_ff.data.list_datasets)')
     g.add_argument('--data-dir', default='', help='local HF parquet folder or imagefolder instead of the Hub')
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--clip-grad', default=0.0, type=float, help='max grad norm, per unit (0: off)')
     g.add_argument('--grad-accum-steps', default=1, type=int, help='micro-batches per optimiser step')
     g.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help='autocast precision')
+    g.add_argument('--sync-bn', action='store_true', help='synchronise BatchNorm statistics across processes (DDP)')
     g.add_argument('--local-backward', default='summed', choices=['summed', 'per_unit'],
                    help='summed: one backward over all unit losses; per_unit: stream units, one backward each')
     g.add_argument('--seed', default=0, type=int, help='seed (data order, augmentation, init)')
@@ -203,6 +206,10 @@ def main(argv=None) -> int:
     natural = 'ff' if timm.models.split_model_name_tag(args.model)[0].startswith('ff_') else 'dtg'
     args.objective = args.objective or natural
     objective = timm_ff.create_objective(args.objective, **args.objective_kwargs)
+    if args.linear_probe and objective.label_embed:
+        raise ConfigError(f'--linear-probe trains class heads on frozen features, but objective {args.objective!r} '
+                          'has none (classic FF scores labels through the whole network); use dtg, bp or '
+                          'bp_deepsup with a dtgff_* model')
 
     t_start = time.time()
     # the state is a singleton the Accelerator below reuses; without cpu= it ignores ACCELERATE_USE_CPU
@@ -227,6 +234,10 @@ def main(argv=None) -> int:
         log_with=trackers[args.log_with](),
         project_dir=str(out_dir),
     )
+    if args.sync_bn and accelerator.num_processes < 2:
+        raise ConfigError('--sync-bn synchronises BatchNorm across processes, but this run has 1 process; launch '
+                          'with accelerate launch --multi_gpu --num_processes N (ACCELERATE_USE_CPU=1 on CPU) '
+                          'or drop --sync-bn')
     set_seed(args.seed)
 
     spec = get_dataset_spec(args.dataset) if args.dataset else None
@@ -242,6 +253,15 @@ def main(argv=None) -> int:
 
     model = build_model(args, data.num_classes, in_chans)
     objective.check_model(model)
+    if args.linear_probe:
+        from timm_ff.probe import freeze_for_linear_probe
+        trainable = freeze_for_linear_probe(model)
+        accelerator.print(f'linear probe: training {len(trainable)} classifier tensors, the rest is frozen')
+    if args.sync_bn:
+        from timm_ff.layers import SyncBatchNorm, convert_sync_batchnorm
+        model = convert_sync_batchnorm(model, accelerator.device)  # before prepare, like timm's train.py
+        n_bn = sum(isinstance(m, (SyncBatchNorm, torch.nn.SyncBatchNorm)) for m in model.modules())
+        accelerator.print(f'sync-bn: {n_bn} BatchNorm layers synchronised across {accelerator.num_processes} processes')
     if args.channels_last:
         from timm_ff.trainer import to_channels_last
         to_channels_last(model)

@@ -38,3 +38,24 @@ def test_fsdp2_per_unit_sharding_matches_unsharded_training(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert 'FSDP2 per-unit OK' in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_sync_bn_worker_running_stats_agree_across_ranks(tmp_path):
+    """SyncBatchNorm equals BatchNorm on the global batch; with it BN running stats agree across the two
+    ranks, without it they differ; t_history is rank 0's at every DDP forward and local afterwards."""
+    worker = REPO / 'tests' / 'syncbn_worker.py'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(worker)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env(ACCELERATE_USE_CPU='1'), capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert 'SyncBN worker OK' in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.timeout(600)
+def test_train_ff_sync_bn_on_two_processes(tmp_path):
+    out = tmp_path / 'run'
+    proc = run_train('--model', 'dtgff_cnn_s', '--sync-bn', '--epochs', '1', '--max-train-steps', '2', '--output', out,
+                     launcher=accelerate_launch(2), ACCELERATE_USE_CPU='1')
+    assert_ok(proc)
+    assert 'sync-bn: 4 BatchNorm layers synchronised across 2 processes' in proc.stdout
+    assert 'running_mean' in ' '.join(weights(out))  # saved as plain BatchNorm: loads with timm.create_model

@@ -3,3 +3,4 @@ from .fusion import FUSION_MODES, LogitFusion
 from .goodness import GOODNESS_MODES, GOODNESS_REDUCE, HEAD_PROJ, FixedLinear, GoodnessHead, goodness_vector
 from .temperature import TEMPERATURES, DynamicTemperature, FixedTemperature, clarity_stats, create_temperature
 from .unit_norm import UNIT_NORMS, ChannelLayerNorm, LengthNorm, create_unit_norm
+from .sync_bn import SyncBatchNorm, convert_sync_batchnorm

@@ -71,7 +71,7 @@ class LogitFusion(nn.Module):
         if len(unit_logits) != self.num_units:
             raise ValueError(f'fusion expects logits of {self.num_units} units, got {len(unit_logits)}')
         stacked = torch.stack([z.float() for z in unit_logits[self.first:]], 0)
-        return (weights.to(stacked.device).reshape(-1, *([1] * (stacked.ndim - 1))) * stacked).sum(0)
+        return (weights.to(stacked.device)[:, None, None] * stacked).sum(0)  # stacked is (M, B, K)
 
     def forward(self, unit_logits: Sequence[torch.Tensor]) -> torch.Tensor:
         """Fuse a list with one (B, K) logits tensor per unit (all units, in order)."""

@@ -5,6 +5,7 @@ Goodness is the energy (mean or sum of squares) of an activation, read per chann
 fp32, since squares of bf16/fp16 activations overflow or lose the small differences that carry
 the class signal.
 """
+import contextlib
 from typing import Optional
 
 import torch
@@ -73,6 +74,9 @@ def goodness_vector(
             cells = F.adaptive_avg_pool2d(per_pos, patches).flatten(1)
             parts.append(cells * (H * W) / (patches * patches))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+torch.fx.wrap('goodness_vector')  # shape-dependent Python: an FX leaf (called, not traced through)
 
 
 class FixedLinear(nn.Module):
@@ -163,9 +167,12 @@ class GoodnessHead(nn.Module):
         g = self.goodness(h)
         if self.proj is None:
             return g.mean(1) if self.reduce == 'mean' else g.sum(1)
-        with torch.autocast(device_type=g.device.type, enabled=False):
+        # FX cannot record a context manager: a symbolically traced graph runs this in the caller's precision
+        fp32 = contextlib.nullcontext() if isinstance(g, torch.fx.Proxy) else \
+            torch.autocast(device_type=g.device.type, enabled=False)
+        with fp32:
             logits = self.proj(g)
             if self.temperature is not None:
                 t = self.temperature(g, logits)
-                logits = logits / (t[:, None] if t.ndim == 1 else t)
+                logits = logits / t.reshape(-1, 1)  # T is a scalar or one value per sample
         return logits

@@ -20,18 +20,24 @@ class LengthNorm(nn.Module):
     """Per-position L2 normalisation over channels, scaled so each element has unit RMS (Hinton's FF)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        return x * torch.rsqrt(x.float().square().mean(1, keepdim=True) + _EPS).to(x.dtype) \
-            if c > 0 else x
+        return x * torch.rsqrt(x.float().square().mean(1, keepdim=True) + _EPS).to(x.dtype)
+
+
+def channel_layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over dim 1 of an NCHW or NC tensor."""
+    if x.ndim == 2:
+        return F.layer_norm(x, x.shape[1:], eps=_EPS)
+    return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=_EPS).permute(0, 3, 1, 2)
+
+
+torch.fx.wrap('channel_layer_norm')  # branches on the rank: an FX leaf
 
 
 class ChannelLayerNorm(nn.Module):
     """Per-position LayerNorm over channels without affine parameters; works on NCHW and NC."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 2:
-            return F.layer_norm(x, x.shape[1:], eps=_EPS)
-        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=_EPS).permute(0, 3, 1, 2)
+        return channel_layer_norm(x)
 
 
 UNIT_NORMS = {'length': LengthNorm, 'layernorm': ChannelLayerNorm, 'none': nn.Identity}

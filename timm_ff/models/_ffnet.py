@@ -8,14 +8,21 @@ detaches anything: locality (no gradient across a unit boundary) lives in :mod:`
 The timm model contract is honoured: ``forward_features`` returns the last unit's unpooled
 activation, ``forward_head(x, pre_logits)`` pools it and (``pre_logits=False``) applies the last
 unit's head, ``model(x)`` returns the *fused* logits of the last M units, ``reset_classifier``
-rebuilds every unit's head, and ``feature_info`` lists one entry per unit.
+rebuilds every unit's head, and ``feature_info`` lists one entry per unit, which is also what
+``forward_intermediates`` returns (one raw activation per unit) and ``prune_intermediate_layers`` cuts.
+
+Every forward is FX-traceable (``torch.fx.symbolic_trace``, timm's ``feature_cls='fx'``): shape-dependent
+Python lives in functions wrapped with ``torch.fx.wrap`` (graph leaves that still run, and still raise
+their clear errors, when the traced graph is called).
 """
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
 
 from ..errors import ConfigError, unknown_choice
 from ..layers import (
@@ -23,7 +30,9 @@ from ..layers import (
     GoodnessHead, LogitFusion, create_temperature, create_unit_norm,
 )
 
-__all__ = ['FF_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS']
+__all__ = ['FF_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS', 'build_ffnet']
+
+OUTPUT_FMTS = ('NCHW',)  # forward_intermediates formats (MLP units are (B, C) whatever the format)
 
 # The DTG-FF parts, each switchable by one model kwarg. These change what forward() computes,
 # so they are model kwargs (saved in config.json) rather than objective or recipe settings.
@@ -67,6 +76,21 @@ def check_ff_kwargs(ff_kwargs: Dict, family_kwargs: Sequence[str]) -> Dict:
     return ff_kwargs
 
 
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int):
+    """Raise a clear error for a wrong channel count or an input too small for the unit strides.
+
+    Wrapped with ``torch.fx.wrap``: a traced graph keeps the call (and its error) as a leaf.
+    """
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'expected input (B, {in_chans}, H, W), got {tuple(x.shape)}')
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(f'input size {tuple(x.shape[-2:])} is smaller than the total stride '
+                         f'{min_size} of this model; use at least {min_size}x{min_size}')
+
+
+torch.fx.wrap('check_image_input')
+
+
 class LocalUnit(nn.Module):
     """One locally trained unit: [in_norm] -> [stem (+ label code)] -> body, plus its goodness head."""
 
@@ -77,8 +101,10 @@ class LocalUnit(nn.Module):
             in_norm: Optional[nn.Module] = None,
             stem: Optional[nn.Module] = None,
             label_embed: Optional[nn.Embedding] = None,
+            spatial: bool = True,
     ):
         super().__init__()
+        self.spatial = spatial
         self.in_norm = in_norm if in_norm is not None else nn.Identity()
         self.stem = stem
         self.label_embed = label_embed
@@ -100,7 +126,7 @@ class LocalUnit(nn.Module):
             if self.label_embed is None:
                 raise ConfigError('labels were given to a unit that has no label code (label_embed=False)')
             code = self.label_embed(labels).to(x.dtype)
-            x = x + code.reshape(*code.shape, *([1] * (x.ndim - 2)))
+            x = x + (code[:, :, None, None] if self.spatial else code)
         h = self.body(x)
         if with_logits:
             return h, self.head(h)
@@ -145,6 +171,7 @@ class FFNet(nn.Module):
                 in_norm=create_unit_norm(cfg['unit_norm']) if u > 0 else None,
                 stem=stem if u == 0 else None,
                 label_embed=self._make_label_embed(stem_chs) if u == 0 else None,
+                spatial=spatial,
             ))
         # an nn.Sequential registered first: timm's FeatureListNet walks (and flattens) children in order
         self.units = nn.Sequential(*units)
@@ -191,11 +218,7 @@ class FFNet(nn.Module):
     def check_input(self, x: torch.Tensor):
         """Raise a clear error for a wrong channel count or an input too small for the unit strides."""
         if self.spatial:
-            if x.ndim != 4 or x.shape[1] != self.in_chans:
-                raise ValueError(f'expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}')
-            if min(x.shape[-2:]) < self._min_size:
-                raise ValueError(f'input size {tuple(x.shape[-2:])} is smaller than the total stride '
-                                 f'{self._min_size} of this model; use at least {self._min_size}x{self._min_size}')
+            check_image_input(x, self.in_chans, self._min_size)
 
     def forward_units(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Raw activations of every unit (no detach: see timm_ff.task for local training)."""
@@ -233,6 +256,77 @@ class FFNet(nn.Module):
         return out
 
     # ----------------------------------------------------------------------------- timm contract
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns intermediates: one raw activation per local unit.
+
+        Index ``u`` is unit ``u``, the same numbering as ``feature_info``. Classic FF models embed no
+        label here (there is none to embed): their intermediates are the label-free unit activations.
+
+        Args:
+            x: Input image tensor (or (B, D) vectors for the MLPs).
+            indices: Take the last n units if int, all if None, the listed units if a sequence
+                (negative indices count from the end).
+            norm: Accepted for timm compatibility; these models have no final norm, so it changes nothing.
+            stop_early: Stop after the last unit that is taken.
+            output_fmt: 'NCHW' (MLP units are (B, C) activations whatever the format).
+            intermediates_only: Only return the intermediates.
+
+        Returns:
+            The last computed unit's activation and the list of intermediates, or just the intermediates.
+        """
+        if output_fmt not in OUTPUT_FMTS:
+            raise unknown_choice('output_fmt', output_fmt, OUTPUT_FMTS)
+        take_indices, max_index = feature_take_indices(len(self.units), indices)
+        self.check_input(x)
+        units = self.units[:max_index + 1] if stop_early else self.units
+        intermediates = []
+        for u, unit in enumerate(units):
+            x = unit(x)
+            if u in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the units after the last one ``indices`` needs.
+
+        Args:
+            indices: Indices of the intermediates to keep (as in ``forward_intermediates``).
+            prune_norm: Accepted for timm compatibility (there is no final norm).
+            prune_head: Remove the classifier (every unit's head projection, or the label code).
+                Cutting units off the end removes it too: fused logits of the remaining units would
+                no longer be what the model was trained to predict.
+
+        Returns:
+            The absolute indices that were kept.
+        """
+        take_indices, max_index = feature_take_indices(len(self.units), indices)
+        prune_end = max_index < len(self.units) - 1
+        if prune_end:
+            self.units = self.units[:max_index + 1]
+            self.feature_info = self.feature_info[:max_index + 1]
+            self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
+            self._min_size = self.feature_info[-1]['reduction'] if self.spatial else 1
+            n = len(self.units)
+            self.fusion = LogitFusion(n, self.ff_cfg['fusion'], min(self.ff_cfg['fuse_last'], n))
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last unit's raw, unpooled activation (NCHW; NC for MLPs)."""
         return self.forward_units(x)[-1]
@@ -281,6 +375,19 @@ class FFNet(nn.Module):
         if enable:
             raise NotImplementedError('FF units are trained one at a time; use --local-backward per_unit '
                                       'to bound activation memory instead of gradient checkpointing')
+
+
+def build_ffnet(model_cls: type, variant: str, pretrained: bool, out_indices: Tuple[int, ...], **kwargs) -> nn.Module:
+    """``build_model_with_cfg`` for a timm_ff family.
+
+    ``features_only=True`` builds the backbone without heads (num_classes=0), as timm's feature
+    wrappers drop a classifier: the heads sit inside the units, so the FX feature extractor would
+    otherwise return each unit's head output instead of its activation.
+    """
+    if kwargs.get('features_only'):
+        kwargs['num_classes'] = 0
+    return build_model_with_cfg(model_cls, variant, pretrained,
+                                feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
 
 
 def norm_layer(norm: str, dims: int = 2):

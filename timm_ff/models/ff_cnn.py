@@ -7,9 +7,9 @@ four two-conv units (64-128-256-512). Both take 32x32 inputs (any size >= 8 work
 from typing import Optional, Tuple
 
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFCNN']
@@ -69,8 +69,7 @@ def _create_ff_cnn(variant: str, pretrained: bool = False, defaults: Optional[di
     for k, v in (defaults or {}).items():
         kwargs.setdefault(k, v)
     n = len(kwargs.get('channels', (0, 0, 0, 0)))
-    return build_model_with_cfg(FFCNN, variant, pretrained,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(n))), **kwargs)
+    return build_ffnet(FFCNN, variant, pretrained, tuple(range(n)), **kwargs)
 
 
 def _cfg(label_embed: bool = False, **kwargs):

@@ -9,14 +9,24 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import HUB_ORG
 
 __all__ = ['FFMLP']
 
 _FAMILY_KWARGS = ('widths', 'in_features', 'img_size', 'num_classes', 'in_chans', 'global_pool')
+
+
+def check_vector_input(x: torch.Tensor, in_features: int):
+    """Raise a clear error unless each sample flattens to ``in_features`` values (an FX leaf, like the image check)."""
+    if x[0].numel() != in_features:
+        raise ValueError(f'expected inputs of {in_features} features per sample (B, {in_features}) '
+                         f'or an image that flattens to it, got {tuple(x.shape)}')
+
+
+torch.fx.wrap('check_vector_input')
 
 
 class FFMLP(FFNet):
@@ -57,17 +67,14 @@ class FFMLP(FFNet):
 
     def check_input(self, x: torch.Tensor):
         """Accept (B, D) vectors or images whose flattened size is ``in_features``."""
-        if x[0].numel() != self.in_features:
-            raise ValueError(f'expected inputs of {self.in_features} features per sample (B, {self.in_features}) '
-                             f'or an image that flattens to it, got {tuple(x.shape)}')
+        check_vector_input(x, self.in_features)
 
 
 def _create_ff_mlp(variant: str, pretrained: bool = False, defaults: Optional[dict] = None, **kwargs):
     for k, v in (defaults or {}).items():
         kwargs.setdefault(k, v)
     n = len(kwargs.get('widths', (0, 0, 0, 0)))
-    return build_model_with_cfg(FFMLP, variant, pretrained,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(n))), **kwargs)
+    return build_ffnet(FFMLP, variant, pretrained, tuple(range(n)), **kwargs)
 
 
 def _cfg(label_embed: bool = False, **kwargs):

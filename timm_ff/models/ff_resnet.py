@@ -14,12 +14,12 @@ Blocks are timm's own :class:`timm.models.resnet.BasicBlock`.
 from typing import Optional, Tuple
 
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from ..errors import unknown_choice
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFResNet']
@@ -114,11 +114,7 @@ def _create_ff_resnet(variant: str, pretrained: bool = False, defaults: Optional
         out_indices = tuple(range(len(layers)))
     else:  # the last block unit of each stage, like timm's ResNet feature levels
         out_indices = tuple(sum(layers[:s + 1]) - 1 for s in range(len(layers)))
-    return build_model_with_cfg(
-        FFResNet, variant, pretrained,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
+    return build_ffnet(FFResNet, variant, pretrained, out_indices, **kwargs)
 
 
 def _cfg(url: str = '', num_units: int = 8, label_embed: bool = False, **kwargs):
