@@ -6,7 +6,8 @@
 (``cifar10-partial``, 5,438 train images), then transferred to the CIFAR-100 subset
 (``cifar100-partial``, 1,117 train / 916 test images) with its 20 coarse classes. Four transfer runs
 with one recipe and budget: a linear probe and a BP fine-tune from the FF-pretrained weights, and the
-same two from a random init as controls. Writes ``benchmarks/results/<name>.json``.
+same two from a random init as controls. Finished runs are reused (their ``metrics.json`` records the
+commit that trained them). Writes ``benchmarks/results/<name>.json``.
 """
 import argparse
 import json
@@ -35,7 +36,7 @@ def run(cmd, out: Path) -> dict:
         subprocess.run(cmd, check=True, cwd=REPO)
     m = json.loads((out / 'metrics.json').read_text())
     keep = ('accuracy', 'unit_accuracy', 'epochs_run', 'global_step', 'train_images_per_s', 'train_time_s',
-            'wall_time_s', 'data_source')
+            'wall_time_s', 'data_source', 'git_commit')
     return dict({k: m[k] for k in keep}, train_command=' '.join(cmd[1:]))
 
 
@@ -49,13 +50,16 @@ def main():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs'))
     p.add_argument('--name', default='transfer_cifar10_to_cifar100coarse_cpu')
+    p.add_argument('--transfer-runs', nargs='+', default=list(TRANSFER), choices=list(TRANSFER),
+                   help='which transfer runs to do (default: all)')
     args = p.parse_args()
     prov = provenance(args.seed)
     train = [sys.executable, str(REPO / 'train_ff.py'), *COMMON, '--seed', str(args.seed)]
     pre = Path(args.runs_dir) / f'{args.name}-pretrain'
     runs = {'pretrain_dtg': run(train + ['--data-dir', args.pretrain_data, '--dataset', '', '--epochs',
                                          str(args.pretrain_epochs), '--output', str(pre)], pre)}
-    for name, flags in TRANSFER.items():
+    for name in args.transfer_runs:
+        flags = TRANSFER[name]
         out = Path(args.runs_dir) / f'{args.name}-{name}'
         flags = [f.replace('{pre}', str(pre)) for f in flags]
         runs[name] = run(train + ['--data-dir', args.transfer_data, '--dataset', '', '--label-column', args.label_column,
