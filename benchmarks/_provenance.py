@@ -1,4 +1,5 @@
-"""Provenance block for every committed benchmark result: command, commit, machine, date."""
+"""Provenance block for every committed benchmark result: command, commit, machine, date; and writing it."""
+import json
 import os
 import platform
 import subprocess
@@ -39,3 +40,15 @@ def machine() -> dict:
 def provenance(seed: int) -> dict:
     return dict(command=' '.join([sys.executable.split('/')[-1]] + sys.argv), **git_commit(), machine=machine(),
                 seed=seed, date_utc=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+
+
+def portable(text: str) -> str:
+    """Rewrite this checkout's absolute paths as repo-relative ones (``../shared`` for the shared data)."""
+    return text.replace(str(REPO.parent / 'shared'), '../shared').replace(str(REPO) + '/', '')
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with no absolute local paths in it; return the path."""
+    path = REPO / 'benchmarks/results' / f'{name}.json'
+    path.write_text(portable(json.dumps(result, indent=2)) + '\n')
+    return path

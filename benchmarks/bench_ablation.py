@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance  # noqa: E402
+from _provenance import REPO, provenance, write_result  # noqa: E402
 
 # part name -> the model kwargs that switch it off
 PARTS = {
@@ -72,8 +72,7 @@ def main():
                                    train_command=' '.join(cmd[1:])))
     table = summarise(runs)
     result = dict(prov, recipe=Path(args.recipe).read_text(), seeds=args.seeds, runs=runs, table=table)
-    path = REPO / 'benchmarks/results' / f'{args.name}.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
+    path = write_result(args.name, result)
     print(markdown(table))
     print(f'-> {path}')
 

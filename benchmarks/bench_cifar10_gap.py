@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance  # noqa: E402
+from _provenance import REPO, provenance, write_result  # noqa: E402
 
 PAPER_GAP_PP = 2.40
 
@@ -57,8 +57,7 @@ def main():
                       throughput_ratio_dtg_over_bp=ff['train_images_per_s'] / bp['train_images_per_s'])
     if 'dtg' in runs and 'bp' in runs:
         result['gap_to_bp_pp'] = runs['bp']['accuracy'] - runs['dtg']['accuracy']
-    path = REPO / 'benchmarks/results' / f'{args.name}.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
+    path = write_result(args.name, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ('recipe', 'runs', 'machine')}, indent=2))
     for obj, r in runs.items():
         print(f"{obj:12s} acc {r['accuracy']:.2f}%  units {[round(a, 1) for a in r['unit_accuracy']]}  "

@@ -26,7 +26,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance  # noqa: E402
+from _provenance import REPO, portable, provenance  # noqa: E402
 
 import timm_ff  # noqa: E402
 from timm_ff import create_objective  # noqa: E402
@@ -156,7 +156,7 @@ def main():
                   rows=rows)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + '\n')
+    out.write_text(portable(json.dumps(result, indent=2)) + '\n')
     print()
     print(markdown(rows))
     print(f'\nload average before {result["loadavg_before"]}, after {result["loadavg_after"]}; -> {out}')

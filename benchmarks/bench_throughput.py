@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance  # noqa: E402
+from _provenance import REPO, provenance, write_result  # noqa: E402
 
 MODELS = ('dtgff_cnn_s', 'dtgff_resnet18')
 TRAIN_CONFIGS = (('dtg', 'summed'), ('dtg', 'per_unit'), ('bp', 'summed'), ('bp_deepsup', 'summed'))
@@ -30,7 +30,6 @@ TRAIN_CONFIGS = (('dtg', 'summed'), ('dtg', 'per_unit'), ('bp', 'summed'), ('bp_
 def _setup(model_name: str, batch_size: int, data_dir: str, mixed_precision: str, channels_last: bool):
     """The parts train_ff.py builds: accelerator, model, loaders (tensor path)."""
     import timm
-    import torch
     from accelerate import Accelerator
     from timm.data import resolve_data_config
 
@@ -190,8 +189,7 @@ def main():
                   flush=True)
     result = dict(prov, batch_size=args.batch_size, mixed_precision=args.mixed_precision, compile=args.compile,
                   channels_last=args.channels_last, rows=rows, ratios=ratios(rows))
-    path = REPO / 'benchmarks/results' / f'{args.name}.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
+    path = write_result(args.name, result)
     print(json.dumps(result['ratios'], indent=2))
     plot(rows, path.with_suffix('.png'), f"{prov['machine'].get('gpu', prov['machine']['cpu'])}, batch {args.batch_size}")
     print(f'-> {path}')

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance  # noqa: E402
+from _provenance import REPO, provenance, write_result  # noqa: E402
 
 DATA = REPO.parent / 'shared/data'
 # one recipe for every run (flags of train_ff.py)
@@ -65,8 +65,7 @@ def main():
         runs[name] = run(train + ['--data-dir', args.transfer_data, '--dataset', '', '--label-column', args.label_column,
                                   '--epochs', str(args.transfer_epochs), '--output', str(out), *flags], out)
     result = dict(prov, recipe=' '.join(COMMON), runs=runs)
-    path = REPO / 'benchmarks/results' / f'{args.name}.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
+    path = write_result(args.name, result)
     for name, r in runs.items():
         print(f"{name:24s} fused {r['accuracy']:.2f}%  units {[round(a, 1) for a in r['unit_accuracy']]}")
     print(f'-> {path}')

@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader
 
 from timm_ff.errors import DataError, unknown_choice
 from timm_ff.hub import hub_unavailable
-from timm_ff.tensor_data import DATA_PIPELINES, TRAIN_AUGS, BatchAugment, TensorLoader, decode_split, estimate_bytes
+from timm_ff.tensor_data import (
+    DATA_PIPELINES, BatchAugment, TensorLoader, check_augmentation, decode_split, estimate_bytes,
+)
 
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
@@ -442,10 +444,7 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
     """
     if pipeline not in ('pil', 'tensor'):
         raise unknown_choice('data pipeline (resolve auto with choose_pipeline)', pipeline, ('pil', 'tensor'))
-    if aug not in TRAIN_AUGS:
-        raise unknown_choice('augmentation', aug, TRAIN_AUGS)
-    if not isinstance(crop_padding, int) or isinstance(crop_padding, bool) or crop_padding < 0:
-        raise DataError(f'crop padding must be a non-negative integer number of pixels, got {crop_padding!r}')
+    check_augmentation(aug, crop_padding)
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     for key, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
         if not isinstance(value, int) or value < 1:
@@ -467,11 +466,13 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
             scale=tuple(tf_kwargs.get('scale', (0.08, 1.0))), device=device, process_index=process_index,
             num_processes=num_processes, channels_last=channels_last)
     mode = 'L' if in_chans == 1 else 'RGB'
-    if aug == 'crop_flip':
-        cfg = dict(data_config)
-        train_tf = _PadCropFlip(tuple(cfg['input_size'][-2:]), crop_padding, tf_kwargs.get('hflip', 0.5),
-                                _fit_channels(cfg.get('mean', (0.5,)), in_chans, 'mean'),
-                                _fit_channels(cfg.get('std', (0.5,)), in_chans, 'std'))
+    if aug == 'crop_flip':  # timm has no padded random crop: torchvision's, as the CIFAR papers use
+        from torchvision import transforms as T
+        size = tuple(data_config['input_size'][-2:])
+        train_tf = T.Compose([T.Resize(size), T.RandomCrop(size, padding=crop_padding),
+                              T.RandomHorizontalFlip(tf_kwargs.get('hflip', 0.5)), T.ToTensor(),
+                              T.Normalize(_fit_channels(data_config.get('mean', (0.5,)), in_chans, 'mean'),
+                                          _fit_channels(data_config.get('std', (0.5,)), in_chans, 'std'))])
     else:
         if aug == 'none':
             tf_kwargs.update(scale=(1.0, 1.0), ratio=(1.0, 1.0))
@@ -597,17 +598,6 @@ def create_tensor_loaders(data: ImageData, *, data_config: dict, batch_size: int
     train.cache_note, evals.cache_note = train_split.cache_note, eval_split.cache_note
     return train, evals
 
-
-class _PadCropFlip:
-    """PIL-path twin of 'crop_flip': random crop of the zero-padded image, flip, tensor, normalise."""
-
-    def __init__(self, size: tuple, padding: int, hflip: float, mean: tuple, std: tuple):
-        from torchvision import transforms as T
-        self.tf = T.Compose([T.Resize(size), T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(hflip),
-                             T.ToTensor(), T.Normalize(mean, std)])
-
-    def __call__(self, img):
-        return self.tf(img)
 
 
 @torch.no_grad()

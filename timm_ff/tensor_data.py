@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DataError, unknown_choice
 
-__all__ = ['TRAIN_AUGS', 'DATA_PIPELINES', 'DecodedSplit', 'decode_split', 'decoded_cache_dir', 'estimate_bytes',
+__all__ = ['TRAIN_AUGS', 'DATA_PIPELINES', 'check_augmentation', 'DecodedSplit', 'decode_split', 'decoded_cache_dir', 'estimate_bytes',
            'BatchAugment', 'TensorLoader', 'per_image_uniform']
 
 TRAIN_AUGS = ('crop_flip', 'rrc', 'none')
@@ -38,6 +38,14 @@ RandomResizedCrop, or no crop; each followed by a horizontal flip with probabili
 DATA_PIPELINES = ('auto', 'tensor', 'pil')
 _CACHE_VERSION = '1'
 _MASK32 = 0xFFFF_FFFF
+
+
+def check_augmentation(aug: str, padding: int) -> None:
+    """Raise a clear error for an unknown augmentation or a bad crop padding (both data paths)."""
+    if aug not in TRAIN_AUGS:
+        raise unknown_choice('augmentation', aug, TRAIN_AUGS)
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise DataError(f'crop padding must be a non-negative integer number of pixels, got {padding!r}')
 
 
 def decoded_cache_dir() -> Path:
@@ -205,10 +213,7 @@ class BatchAugment:
             ratio: Aspect ratio range of 'rrc'.
             channels_last: Return channels_last tensors.
         """
-        if aug not in TRAIN_AUGS:
-            raise unknown_choice('augmentation', aug, TRAIN_AUGS)
-        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-            raise DataError(f'crop padding must be a non-negative integer number of pixels, got {padding!r}')
+        check_augmentation(aug, padding)
         if not 0.0 <= hflip <= 1.0:
             raise DataError(f'hflip probability must be in [0, 1], got {hflip!r}')
         if not (0 < scale[0] <= scale[1] <= 1):
@@ -313,10 +318,6 @@ class TensorLoader:
         """Steps per epoch (the same on every process)."""
         n, gb = len(self.labels), self.batch_size * self.world
         return n // gb if self.drop_last else -(-n // gb)
-
-    @property
-    def num_images(self) -> int:
-        return len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: its permutation and its augmentation draws."""
