@@ -82,6 +82,23 @@ def test_fusion_check_never_leaves_the_fusion_below_a_unit(tmp_path, model_name)
         model.fusion.select_units([9])
 
 
+def test_fusion_check_considers_runs_of_units_that_do_not_end_at_the_last(tmp_path):
+    # units 0 and 1 are each right on 60 of 100 images and right together on all of them; units 2, 3 always
+    # say class 3 (wrong), so every combination containing them loses: only the mean of units 0-1 wins
+    n, y = 100, torch.zeros(100, dtype=torch.long)
+    logits = [torch.zeros(n, 10) for _ in range(4)]
+    logits[0][:60, 0], logits[0][60:, 1] = 2.0, 1.0
+    logits[1][40:, 0], logits[1][:40, 2] = 2.0, 1.0
+    logits[2][:, 3] = logits[3][:, 3] = 5.0
+    model = timm.create_model('dtgff_cnn_s')
+    model.forward_unit_logits = lambda idx: [z[idx] for z in logits]  # the "images" are row indices
+    check = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n), y), batch_size=32)
+    info = _trainer(tmp_path, model, clip=None, fusion_check_loader=check).check_fusion()
+    assert info['accuracy']['unit 0'] == pytest.approx(60.0) and info['accuracy']['unit 1'] == pytest.approx(60.0)
+    assert info['chosen'] == 'mean of units 0-1' and info['accuracy']['mean of units 0-1'] == pytest.approx(100.0)
+    assert model.fusion.unit_mask.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
 def test_non_finite_loss_stops_at_once_naming_unit_and_step(tmp_path):
     model = timm.create_model('dtgff_cnn_s')
     trainer = _trainer(tmp_path, model, clip=None)

@@ -187,7 +187,7 @@ class LocalTrainer:
             progress: Show a tqdm bar on the main process.
             fusion_check_loader: Training images without augmentation (not the eval split). After the
                 last epoch the fusion is checked on them against every fused unit alone and the mean
-                of the last few units, and the most accurate is kept (see :meth:`check_fusion`), so
+                of every run of consecutive units, and the most accurate is kept (see :meth:`check_fusion`), so
                 the fused prediction never trails a unit it could have chosen.
         """
         self.acc = accelerator
@@ -348,8 +348,8 @@ class LocalTrainer:
 
     @torch.no_grad()
     def check_fusion(self) -> Optional[Dict]:
-        """Compare the fusion as trained with each fused unit alone and with the mean of the last few
-        units, on ``fusion_check_loader``; keep the best unit unless a combination beats it by at
+        """Compare the fusion as trained with each fused unit alone and with the mean of every run of
+        consecutive units, on ``fusion_check_loader``; keep the best unit unless a combination beats it by at
         least 0.5 pp there (then the best combination, the fusion as trained first on ties).
 
         Returns:
@@ -370,8 +370,9 @@ class LocalTrainer:
             labels.append(y[keep].cpu())
         logits, labels = [torch.cat(z) for z in logits], torch.cat(labels)
         units = fusion.fused_units
-        candidates = {'as trained': None, **{f'unit {u}': [u] for u in units},
-                      **{f'mean of units {a}-{units[-1]}': units[i:] for i, a in enumerate(units[:-1]) if i > 0}}
+        ranges = {f'mean of units {units[i]}-{units[j - 1]}': units[i:j]
+                  for i in range(len(units)) for j in range(i + 2, len(units) + 1)}
+        candidates = {'as trained': None, **{f'unit {u}': [u] for u in units}, **ranges}
         scores = {}
         for name, subset in candidates.items():
             w = fusion.weights() if subset is None else torch.tensor(

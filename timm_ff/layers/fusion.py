@@ -6,7 +6,7 @@ unit. 'mean' averages with fixed equal weights, 'last' uses only the last unit (
 
 A ``unit_mask`` buffer (saved with the weights) restricts 'learned' and 'mean' to a subset of the
 fused units. After training the trainer's fusion check sets it with :meth:`LogitFusion.select_units`
-when a single unit, or the mean of the last few, is more accurate on training images than the
+when a single unit, or the mean of a run of consecutive units, is more accurate on training images than the
 fusion as trained, so the fused prediction never trails a unit it could have chosen.
 """
 from typing import Sequence
