@@ -414,3 +414,25 @@ def test_import_timm_ff_registers_models():
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=110)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ['UNKNOWN', 'REGISTERED']
+
+
+@pytest.mark.parametrize('model_name', ['ff_cnn_s', 'ff_resnet18', 'ff_mlp'])
+def test_label_code_enters_before_the_stem_nonlinearity(model_name):
+    """Classic FF: the label code is a per-class bias on the stem conv's pre-activation (one-hot label
+    planes through the first conv), so unit 0 mixes label and image nonlinearly; an MLP adds it to the input."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name).eval()
+    unit = model.units[0]
+    x = _input(model, 3)
+    y = torch.tensor([0, 3, 7])
+    code = unit.label_embed.weight[y]
+    with torch.no_grad():
+        got = unit(x, labels=y)
+        if model_name == 'ff_mlp':
+            want = unit.body(x.flatten(1) + code)
+        else:
+            pre = unit.stem.bn(unit.stem.conv(x)) + code[:, :, None, None]
+            want = unit.body(unit.stem[2:](pre))  # act (+ pool for the ImageNet stem), then the body
+        assert torch.allclose(got, want, atol=1e-5)
+        other = unit(x, labels=(y + 1) % model.num_classes)
+    assert not torch.allclose(got, other)  # the label changes the unit's output

@@ -38,7 +38,7 @@ OUTPUT_FMTS = ('NCHW',)  # forward_intermediates formats (MLP units are (B, C) w
 # so they are model kwargs (saved in config.json) rather than objective or recipe settings.
 FF_KWARGS = dict(
     norm='batchnorm',  # norm inside units: 'batchnorm' or 'none' (classic FF: BN would fix each pass's energy)
-    label_embed=False,  # classic FF: the label is embedded at the input (stem output) and labels are scored
+    label_embed=False,  # classic FF: the label is embedded at the input (before the stem's ReLU) and labels are scored
     goodness='channel',  # goodness vector: 'channel' groups, 'patch' grid, 'channel_patch', or per channel per cell 'grid'
     goodness_groups=0,  # channel groups (0: one per channel)
     goodness_patches=2,  # grid side for 'patch' and 'grid' goodness
@@ -120,17 +120,35 @@ class LocalUnit(nn.Module):
             with_logits: Also return the head's output (tempered (B, K) logits, or scalar goodness).
         """
         x = self.in_norm(x)
-        if self.stem is not None:
-            x = self.stem(x)
-        if labels is not None:
+        if labels is None:
+            x = self.stem(x) if self.stem is not None else x
+        else:
             if self.label_embed is None:
                 raise ConfigError('labels were given to a unit that has no label code (label_embed=False)')
-            code = self.label_embed(labels).to(x.dtype)
-            x = x + (code[:, :, None, None] if self.spatial else code)
+            x = self._stem_with_code(x, self.label_embed(labels))
         h = self.body(x)
         if with_logits:
             return h, self.head(h)
         return h
+
+    def _stem_with_code(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The stem with the label code added to the pre-activation of its ``act`` child.
+
+        A per-class bias before the stem's nonlinearity is what one-hot label planes concatenated to
+        the image give after the first conv (away from the borders), so unit 0 mixes label and image
+        nonlinearly. A stem without an ``act`` child (the MLP's flatten) gets the code on its output,
+        i.e. on the input vector, as in Hinton's label pixels.
+        """
+        code = code.to(x.dtype)
+        code = code[:, :, None, None] if self.spatial else code
+        children = list(self.stem.named_children()) if isinstance(self.stem, nn.Sequential) else []
+        if 'act' not in dict(children):
+            return (self.stem(x) if self.stem is not None else x) + code
+        for name, module in children:
+            if name == 'act':
+                x = x + code
+            x = module(x)
+        return x
 
 
 class FFNet(nn.Module):
