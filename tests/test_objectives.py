@@ -295,3 +295,12 @@ def test_ff_symba_loss_values_and_learning():
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
     with pytest.raises(ConfigError, match="unknown ff loss 'hinge'; allowed: symba, threshold"):
         create_objective('ff', loss='hinge')
+
+
+def test_ff_default_loss_is_symba_and_threshold_stays_available():
+    gp, gn = torch.tensor([3.0, 0.5]), torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(create_objective('ff').unit_loss(0, 4, (gp, gn), None),
+                               torch.nn.functional.softplus(4.0 * (gn - gp)).mean())
+    sp = torch.nn.functional.softplus
+    torch.testing.assert_close(create_objective('ff', loss='threshold', threshold=1.5).unit_loss(0, 4, (gp, gn), None),
+                               (sp(1.5 - gp) + sp(gn - 1.5)).mean())
