@@ -35,7 +35,8 @@ def record(run: Path) -> dict:
     if not info_path.is_file():
         raise SystemExit(f'error: {run} is not a train_ff.py run folder (no run_info.json)')
     info = json.loads(info_path.read_text())
-    out = dict(train_command=info['command'], run_commit=info['git_commit'], data=info.get('data'),
+    command = info['command'].replace(str(run.resolve()), f'<run dir {run.name}>')  # no local paths in results
+    out = dict(train_command=command, run_commit=info['git_commit'], data=info.get('data'),
                history=epoch_history(run / 'log.jsonl'), finished=(run / 'metrics.json').is_file())
     if out['finished']:
         metrics = json.loads((run / 'metrics.json').read_text())
