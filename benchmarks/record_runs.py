@@ -9,6 +9,7 @@ the epochs it finished and ``finished: false``; a finished run also gets its ``m
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def record(run: Path) -> dict:
     if not info_path.is_file():
         raise SystemExit(f'error: {run} is not a train_ff.py run folder (no run_info.json)')
     info = json.loads(info_path.read_text())
-    command = info['command'].replace(str(run.resolve()), f'<run dir {run.name}>')  # no local paths in results
+    # no local paths in results: the run folder may have moved since, so name it by its last part
+    command = re.sub(r'--output (\S+)', lambda m: f'--output <run dir {Path(m.group(1)).name}>', info['command'])
     out = dict(train_command=command, run_commit=info['git_commit'], data=info.get('data'),
                history=epoch_history(run / 'log.jsonl'), finished=(run / 'metrics.json').is_file())
     if out['finished']:
