@@ -144,3 +144,17 @@ def test_compile_and_channels_last_match_eager(mode):
     (g_eager, l_eager), (g_fast, l_fast) = grads
     assert l_fast == pytest.approx(l_eager, rel=1e-4)
     assert len(g_eager) == len(g_fast) and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_eager, g_fast))
+
+
+def test_fusion_check_breaks_a_tie_between_units_for_the_deepest(tmp_path):
+    # a saturated check (every unit right on every image, as MNIST training images are) says nothing about
+    # which unit generalises best: keep the deepest, the network's usual prediction
+    n, y = 40, torch.zeros(40, dtype=torch.long)
+    logits = [torch.zeros(n, 10) for _ in range(4)]
+    for z in logits:
+        z[:, 0] = 1.0
+    model = timm.create_model('dtgff_cnn_s')
+    model.forward_unit_logits = lambda idx: [z[idx] for z in logits]
+    check = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n), y), batch_size=16)
+    info = _trainer(tmp_path, model, clip=None, fusion_check_loader=check).check_fusion()
+    assert info['chosen'] == 'unit 3' and model.fusion.unit_mask.tolist() == [0.0, 0.0, 0.0, 1.0]

@@ -349,8 +349,9 @@ class LocalTrainer:
     @torch.no_grad()
     def check_fusion(self) -> Optional[Dict]:
         """Compare the fusion as trained with each fused unit alone and with the mean of every run of
-        consecutive units, on ``fusion_check_loader``; keep the best unit unless a combination beats it by at
-        least 0.5 pp there (then the best combination, the fusion as trained first on ties).
+        consecutive units, on ``fusion_check_loader``; keep the best unit (the deepest of equals) unless a
+        combination beats it by at least 0.5 pp there (then the best combination, the fusion as trained
+        first on ties).
 
         Returns:
             The candidates' accuracies and the choice, or None when there is nothing to check.
@@ -378,7 +379,7 @@ class LocalTrainer:
             w = fusion.weights() if subset is None else torch.tensor(
                 [1.0 / len(subset) if u in subset else 0.0 for u in units])
             scores[name] = (fusion.combine(logits, w.cpu()).argmax(1) == labels).float().mean().item() * 100
-        single = max((f'unit {u}' for u in units), key=lambda n: scores[n])
+        single = max((f'unit {u}' for u in reversed(units)), key=lambda n: scores[n])  # ties: the deepest unit
         combined = max((n for n in candidates if n not in {f'unit {u}' for u in units}), key=lambda n: scores[n])
         # a combination must beat the best unit by a margin larger than the check's sampling noise
         # (~0.4 pp on 10k images), else the best unit is kept: it is the likelier winner on unseen data
