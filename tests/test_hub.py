@@ -563,11 +563,14 @@ def test_build_release(trained_run, tmp_path, capsys):
     assert f"timm.create_model('hf-hub:{TAG_REPO}', pretrained=True)" in card
     manifest = json.loads((tmp_path / 'out' / 'release.json').read_text())
     assert manifest['missing_runs'] == ['dtgff_cnn_s.cifar100', 'ff_cnn_s.cifar10']
+    why = 'run dtgff_cnn_s.cifar100: weights do not match tag dtgff_cnn_s.cifar100: num_classes=10 (tag: 100)'
+    assert manifest['rejected_runs'] == {'dtgff_cnn_s.cifar100': why}
     assert manifest['released'][TAG]['repo_id'] == TAG_REPO
     assert hub.main(['release', '--runs', str(runs), '--out', str(tmp_path / 'out2'), '--org', ORG,
                      '--recipes', str(recipes)]) == 0
     out = capsys.readouterr().out
     assert f'{TAG_REPO}:' in out and 'no finished run for recipe ff_cnn_s.cifar10' in out
+    assert f'error: {why}' in out
 
 
 def test_every_pretrained_tag_has_a_recipe_and_every_recipe_a_tag():
@@ -584,3 +587,46 @@ def test_every_pretrained_tag_has_a_recipe_and_every_recipe_a_tag():
         check_recipe_keys(recipe, allowed, str(path))
         assert timm.models.split_model_name_tag(recipe.get('model', path.stem))[0] == path.stem.split('.')[0]
 
+
+
+# ------------------------------------------------------------------------------------- release/
+RELEASES = sorted(p for p in (REPO / 'release').glob('*.*') if p.is_dir())
+RELEASE_ORG = 'releaseorg'
+
+
+def test_release_folder_holds_the_four_cpu_checkpoints():
+    names = {p.name for p in RELEASES}
+    assert {'dtgff_cnn_s.cifar10', 'ff_cnn_s.cifar10', 'dtgff_mlp.mnist', 'ff_mlp.mnist'} <= names
+    manifest = json.loads((REPO / 'release' / 'release.json').read_text())
+    for folder in RELEASES:
+        assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+        assert manifest['released'][folder.name]['sha256'] == hub.sha256_file(folder / 'model.safetensors')
+        card = (folder / 'README.md').read_text()
+        assert '/work/' not in card and '/tmp/' not in card and '/root/' not in card  # no local paths
+
+
+@pytest.mark.timeout(600)
+def test_released_checkpoints_load_by_tag_from_the_hub_and_reproduce_their_card(local_hub, tmp_path):
+    for folder in RELEASES:
+        repo = f'{RELEASE_ORG}/{folder.name}'
+        local_hub.store.create(repo, {})
+        local_hub.store.commit(repo, 'main', 'release', [('file', p.name, p.read_bytes()) for p in folder.iterdir()])
+    code = '''
+import json, sys
+import timm, timm_ff
+from timm_ff.data import sample_accuracy
+res = {}
+for name in sys.argv[1:]:
+    model = timm.create_model(name, pretrained=True)
+    res[name] = dict(hub_id=model.pretrained_cfg.get('hf_hub_id'), check=sample_accuracy(model, name.split('.')[1]))
+print(json.dumps(res))
+'''
+    env = local_hub.env(tmp_path / 'hf_home', TIMM_FF_HUB_ORG=RELEASE_ORG)
+    proc = run_py(code, *[p.name for p in RELEASES], env=env, timeout=500)
+    assert_ok(proc)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for folder in RELEASES:
+        got = res[folder.name]
+        assert got['hub_id'] == f'{RELEASE_ORG}/{folder.name}'
+        card = (folder / 'README.md').read_text()
+        assert f"**{got['check']['accuracy']:.2f}%**" in card, (folder.name, got['check'])

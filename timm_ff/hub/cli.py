@@ -62,11 +62,13 @@ def _cmd_push(args: argparse.Namespace) -> None:
 def _cmd_release(args: argparse.Namespace) -> None:
     """``release``: upload-ready folders for the recipes that have runs; list those that do not."""
     folders = build_release(args.runs, args.out, org=args.org, recipes_dir=args.recipes)
-    missing = json.loads((Path(args.out) / 'release.json').read_text())['missing_runs']
+    manifest = json.loads((Path(args.out) / 'release.json').read_text())
     for folder in folders:
         print(f'{args.org}/{folder.name}: {folder}')
-    for name in missing:
+    for name in manifest['missing_runs']:
         print(f'no finished run for recipe {name}')
+    for why in manifest['rejected_runs'].values():
+        print(f'error: {why}')
     print(f'{len(folders)} release folder(s) in {args.out}; upload each with: '
           'hf upload ORG/NAME FOLDER . (or python -m timm_ff.hub push RUN_DIR ORG/NAME)')
 

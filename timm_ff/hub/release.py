@@ -63,17 +63,33 @@ def _run_score(name: str, recipe: Dict[str, Any], tag_args: Optional[Dict[str, A
     return int(named), agree, (run / 'metrics.json').stat().st_mtime
 
 
+def mismatch(name: str, tag_args: Optional[Dict[str, Any]], run: Path) -> str:
+    """Why run folder ``run``, named like recipe ``name``, cannot be its release (one line)."""
+    arch = name.partition('.')[0]
+    try:
+        cfg = json.loads((run / CONFIG_NAME).read_text())
+    except (OSError, ValueError) as e:
+        return f'run {run.name}: unreadable {CONFIG_NAME} ({e})'
+    if cfg.get('architecture') != arch:
+        return f"run {run.name}: architecture {cfg.get('architecture')!r}, recipe {name} needs {arch!r}"
+    have = cfg.get('model_args') or {}
+    diff = sorted(k for k in set(have) | set(tag_args or {}) if have.get(k) != (tag_args or {}).get(k))
+    shown = ', '.join(f'{k}={have.get(k)!r} (tag: {(tag_args or {}).get(k)!r})' for k in diff[:3])
+    return f'run {run.name}: weights do not match tag {name}: {shown}'
+
+
 def match_release_runs(runs_root: PathLike, recipes_dir: Optional[PathLike] = None
-                       ) -> Tuple[Dict[str, Path], List[str]]:
+                       ) -> Tuple[Dict[str, Path], List[str], Dict[str, str]]:
     """Pair each ``hub_configs/<arch>.<tag>.yaml`` with its best finished run under ``runs_root``.
 
     Returns:
-        ``({name: run folder}, [names of recipes without a run])``.
+        ``({name: run folder}, [names of recipes without a run], {name: why a run folder named like the
+        recipe was rejected})``.
     """
     from ..recipe import load_recipe, recipe_dir
     recipes = Path(recipes_dir) if recipes_dir is not None else recipe_dir()
     runs = _finished_runs(Path(runs_root)) if Path(runs_root).is_dir() else []
-    matched, missing = {}, []
+    matched, missing, rejected = {}, [], {}
     for name in _recipe_names(recipes):
         recipe = load_recipe(str(recipes / f'{name}.yaml'))
         tag_args = _tag_model_args(name)
@@ -82,7 +98,10 @@ def match_release_runs(runs_root: PathLike, recipes_dir: Optional[PathLike] = No
             matched[name] = max(scored, key=lambda sr: sr[0])[1]
         else:
             missing.append(name)
-    return matched, missing
+            named = [run for run in runs if run.name == name]
+            if named:
+                rejected[name] = mismatch(name, tag_args, named[0])
+    return matched, missing, rejected
 
 
 def check_section(check: Dict[str, Any]) -> str:
@@ -98,16 +117,16 @@ def build_release(runs_root: PathLike, out_dir: PathLike, org: str = HUB_ORG,
     """Write an upload-ready folder ``out_dir/<arch>.<tag>/`` for every recipe that has a finished run.
 
     Each folder is what ``publish_run(run, f'{org}/<arch>.<tag>', dry_run=True)`` writes.
-    ``out_dir/release.json`` records the repo ids, runs, sha256s and accuracies, and the recipes
-    without a run (also logged as a warning).
+    ``out_dir/release.json`` records the repo ids, runs, sha256s and accuracies, the recipes
+    without a run, and why a run folder named like a recipe was rejected (both also logged as warnings).
 
     Returns:
         The upload folders written, sorted by name.
     """
     from ..data import sample_accuracy  # timm_ff.data imports timm_ff.hub: import it when used
     out = Path(out_dir)
-    matched, missing = match_release_runs(runs_root, recipes_dir)
-    folders, manifest = [], {'org': org, 'released': {}, 'missing_runs': missing}
+    matched, missing, rejected = match_release_runs(runs_root, recipes_dir)
+    folders, manifest = [], {'org': org, 'released': {}, 'missing_runs': missing, 'rejected_runs': rejected}
     for name, run in sorted(matched.items()):
         folder = build_upload_folder(run, out / name, f'{org}/{name}')
         metrics = _read_json(run / 'metrics.json', 'metrics')
@@ -123,4 +142,6 @@ def build_release(runs_root: PathLike, out_dir: PathLike, org: str = HUB_ORG,
     (out / 'release.json').write_text(json.dumps(manifest, indent=2) + '\n')
     if missing:
         _logger.warning('recipes without a finished run: %s', ', '.join(missing))
+    for why in rejected.values():
+        _logger.warning('%s', why)
     return folders
