@@ -182,6 +182,10 @@ def test_dry_run_folder_holds_exactly_the_timm_files(trained_run, tmp_path):
     assert cfg['model_args']['channels'] == [32, 64, 128, 256] and 'pretrained_cfg' in cfg
     recipe = yaml.safe_load((trained_run / 'recipe.yaml').read_text())
     assert cfg['timm_ff']['recipe'] == recipe and recipe['max_train_steps'] == 2
+    # the run's own config names its folder; the upload folder's names no local path
+    assert str(trained_run) in (trained_run / 'config.json').read_text()
+    text = (folder / 'config.json').read_text()
+    assert str(trained_run) not in text and str(REPO) not in text and f'<local>/{trained_run.name}' in text
     # the folder itself loads with plain timm and with the validating loader, to the same weights
     model = hub.load_model_folder(folder)
     assert all(torch.equal(v, load_file(str(trained_run / 'model.safetensors'))[k])

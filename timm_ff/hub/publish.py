@@ -1,8 +1,9 @@
 """Publishing a finished run: build its upload folder, upload it to a Hub model repo.
 
-An upload folder holds exactly ``model.safetensors``, ``config.json`` (both copied byte for byte
-from the run) and the ``README.md`` model card.
+An upload folder holds exactly ``model.safetensors`` (copied byte for byte from the run),
+``config.json`` (the run's, with local paths scrubbed from its recipe block) and the ``README.md`` model card.
 """
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Optional, Tuple
 from ..errors import HubError
 from ._common import (CARD_NAME, CONFIG_NAME, UPLOAD_FILES, WEIGHTS_NAME, PathLike, check_repo_id,
                       hub_unavailable, request_errors, staged_files)
-from .card import model_card
+from .card import model_card, scrub_paths
 from .integrity import validate_run_folder
 
 __all__ = ['build_upload_folder', 'upload_folder', 'publish_run']
@@ -20,8 +21,9 @@ __all__ = ['build_upload_folder', 'upload_folder', 'publish_run']
 def build_upload_folder(run_dir: PathLike, out_dir: PathLike, repo_id: str) -> Path:
     """Validate a finished run and write its upload folder: model.safetensors, config.json, README.md.
 
-    The weights and config.json are copied byte for byte from the run (timm's ``save_for_hf``
-    wrote them, with the ``timm_ff`` recipe block); README.md is :func:`model_card`.
+    The weights are copied byte for byte from the run; config.json too (timm's ``save_for_hf`` wrote
+    it), except that local paths in its ``timm_ff`` recipe block (data folder, output folder, the
+    command) become ``<local>/<last part>``, as in the card; README.md is :func:`model_card`.
 
     Raises:
         CheckpointError: If the run fails :func:`validate_run_folder`.
@@ -36,9 +38,28 @@ def build_upload_folder(run_dir: PathLike, out_dir: PathLike, repo_id: str) -> P
     out.mkdir(parents=True, exist_ok=True)
     with staged_files(out, '.upload_', UPLOAD_FILES) as tmp:
         shutil.copyfile(run / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        shutil.copyfile(run / CONFIG_NAME, tmp / CONFIG_NAME)
+        (tmp / CONFIG_NAME).write_text(_portable_config(run / CONFIG_NAME), encoding='utf-8')
         (tmp / CARD_NAME).write_text(model_card(run, repo_id), encoding='utf-8')
     return out
+
+
+def _scrub(value):
+    """``value`` with local paths in every string scrubbed (dicts and lists recursively)."""
+    if isinstance(value, str):
+        return scrub_paths(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _portable_config(path: Path) -> str:
+    """A run's config.json text with no local paths in its ``timm_ff`` block (the rest is timm's, untouched)."""
+    cfg = json.loads(path.read_text())
+    if 'timm_ff' in cfg:
+        cfg['timm_ff'] = _scrub(cfg['timm_ff'])
+    return json.dumps(cfg, indent=2) + '\n'
 
 
 def _require_hub_for_upload(repo_id: str) -> None:
