@@ -465,7 +465,11 @@ for name in ('model.safetensors', 'config.json', 'README.md'):
     assert_ok(proc)
     weights, config, card = (Path(p) for p in proc.stdout.strip().splitlines()[-3:])
     assert weights.read_bytes() == (out / 'model.safetensors').read_bytes()
-    assert json.loads(config.read_text()) == json.loads((out / 'config.json').read_text())
+    pulled, local = json.loads(config.read_text()), json.loads((out / 'config.json').read_text())
+    assert {k: v for k, v in pulled.items() if k != 'timm_ff'} == {k: v for k, v in local.items() if k != 'timm_ff'}
+    # the recipe block is the run's, with the local paths (data folder, output folder) scrubbed
+    assert pulled['timm_ff']['recipe']['data_dir'] == '<local>/' + Path(SAMPLE_DIR).name
+    assert str(tmp_path) not in config.read_text() and str(tmp_path) in (out / 'config.json').read_text()
     assert front_matter(card.read_text())['library_name'] == 'timm'
 
 
