@@ -32,7 +32,7 @@ def test_teacher_labels_are_balanced_and_depend_on_the_input(kind):
     from timm_ff.synthetic import _check
     params = _check(kind, dict(num_classes=8, seed=1))
     _, label = teacher_labels(kind, params)
-    x = _draw(kind, 4096, torch.Generator().manual_seed(123), 784)
+    x = _draw(kind, 4096, torch.Generator().manual_seed(123), params)
     freq = torch.bincount(label(x), minlength=8).float() / len(x)
     assert freq.min() > 0.5 / 8 and freq.max() < 1.5 / 8, freq  # calibrated: chance is about 1/K
     assert torch.equal(label(x[:256]), label(x[:256].clone()))  # a function of the input alone

@@ -10,7 +10,9 @@ A task is a ``datasets.DatasetDict`` (``train`` / ``test``) with columns ``img``
 ``train_ff.py --dataset synthetic --dataset-kwargs '{"num_classes": 16}'``.
 
 * ``image`` tasks (dataset ``synthetic``): 3x32x32 inputs, so every backbone applies. Each pixel is
-  ``clip(round(128 + 32 z), 0, 255)`` with ``z ~ N(0, 1)`` i.i.d.; the teacher is a random CNN
+  ``clip(round(128 + 32 z), 0, 255)``, where ``z`` is i.i.d. ``N(0, 1)`` noise on a ``latent_size`` grid
+  upsampled bilinearly to 32x32 and rescaled to unit variance (low-frequency images; ``latent_size=32``
+  gives i.i.d. pixels, which a small student barely learns from a few thousand examples); the teacher is a random CNN
   (``teacher_depth`` 3x3 stride-2 convolutions of ``teacher_width`` channels with ReLU, global average
   pooling, a linear map to K logits) applied to ``(pixel - 128) / 32``, so it labels exactly the
   quantised values the student sees.
@@ -41,6 +43,7 @@ import datasets
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import DataError, unknown_choice
 
@@ -56,6 +59,7 @@ SYNTHETIC_DEFAULTS = dict(
     teacher_width=32,  # channels (image) or units (vector) of each hidden teacher layer
     label_noise=0.0,  # probability that a training label is replaced by another class (test labels stay clean)
     seed=0,  # teacher weights, calibration pool and every split's inputs
+    latent_size=8,  # image tasks: side of the i.i.d. noise grid, upsampled bilinearly to 32x32 (32: i.i.d. pixels)
     vector_dim=784,  # vector tasks: input size, a perfect square (stored as a side x side grayscale image)
 )
 IMAGE_SHAPE = (3, 32, 32)
@@ -75,7 +79,7 @@ def _check(kind: str, params: dict) -> dict:
         raise DataError(f"unknown synthetic dataset kwarg {unknown[0]!r}; allowed: {', '.join(SYNTHETIC_DEFAULTS)}")
     p = dict(SYNTHETIC_DEFAULTS, **params)
     for key, low in (('num_classes', 2), ('train_per_class', 1), ('test_per_class', 1), ('teacher_depth', 1),
-                     ('teacher_width', 1), ('seed', 0), ('vector_dim', 1)):
+                     ('teacher_width', 1), ('seed', 0), ('latent_size', 1), ('vector_dim', 1)):
         value = p[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise DataError(f'synthetic dataset kwarg {key} must be an integer >= {low}, got {value!r}')
@@ -90,8 +94,10 @@ def _check(kind: str, params: dict) -> dict:
     if kind == 'vector' and side * side != p['vector_dim']:
         raise DataError(f"synthetic dataset kwarg vector_dim must be a perfect square (it is stored as a side x side "
                         f"image), got {p['vector_dim']!r}; e.g. {side * side} or {(side + 1) ** 2}")
-    if kind == 'image':
-        p.pop('vector_dim')
+    if kind == 'image' and p['latent_size'] > IMAGE_SHAPE[-1]:
+        raise DataError(f"synthetic dataset kwarg latent_size must be at most {IMAGE_SHAPE[-1]} (the image side), "
+                        f"got {p['latent_size']!r}")
+    p.pop('vector_dim' if kind == 'image' else 'latent_size')
     return p
 
 
@@ -124,11 +130,26 @@ def build_teacher(kind: str, num_classes: int, teacher_depth: int, teacher_width
     return teacher
 
 
-def _draw(kind: str, n: int, g: torch.Generator, vector_dim: int) -> torch.Tensor:
+def _draw(kind: str, n: int, g: torch.Generator, params: dict) -> torch.Tensor:
     """``n`` uint8 inputs: (n, 3, 32, 32) images or (n, 1, side, side) stored vectors."""
-    shape = IMAGE_SHAPE if kind == 'image' else (1, math.isqrt(vector_dim), math.isqrt(vector_dim))
-    z = torch.randn((n, *shape), generator=g, dtype=torch.float64)
+    if kind == 'image':
+        s = params['latent_size']
+        z = torch.randn((n, IMAGE_SHAPE[0], s, s), generator=g, dtype=torch.float64)
+        if s != IMAGE_SHAPE[-1]:  # low-frequency images: unit variance again after the smoothing upsample
+            z = F.interpolate(z, size=IMAGE_SHAPE[1:], mode='bilinear', align_corners=False)
+            z = z / _upsampled_std(s)
+    else:
+        side = math.isqrt(params['vector_dim'])
+        z = torch.randn((n, 1, side, side), generator=g, dtype=torch.float64)
     return (PIXEL_CENTER + PIXEL_SCALE * z).round().clamp(0, 255).to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _upsampled_std(latent_size: int) -> float:
+    """Average per-pixel std of unit-variance noise upsampled from ``latent_size`` to 32 (exact, from the weights)."""
+    eye = torch.eye(latent_size * latent_size, dtype=torch.float64).reshape(-1, 1, latent_size, latent_size)
+    weights = F.interpolate(eye, size=IMAGE_SHAPE[1:], mode='bilinear', align_corners=False)  # one map per latent
+    return float(weights.pow(2).sum(0).mean().sqrt())
 
 
 def _logits(teacher: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -159,7 +180,7 @@ def _teacher_labels(kind: str, params_json: str):
     teacher = build_teacher(kind, params['num_classes'], params['teacher_depth'], params['teacher_width'],
                             params['seed'], params.get('vector_dim', 784))
     g = torch.Generator().manual_seed(_stream(params['seed'], 'calibration'))
-    pool = _draw(kind, max(4096, 64 * params['num_classes']), g, params.get('vector_dim', 784))
+    pool = _draw(kind, max(4096, 64 * params['num_classes']), g, params)
     mean, std, bias = _calibrate(_logits(teacher, pool))
 
     def label(pixels: torch.Tensor) -> torch.Tensor:
@@ -184,7 +205,7 @@ def _balanced_split(kind: str, params: dict, split: str, label) -> tuple[torch.T
             rare = int(counts.argmin())
             raise DataError(f'the teacher labels class {rare} too rarely ({int(counts[rare])} of {per_class} after '
                             f'{drawn} draws); pick another seed, teacher_depth or teacher_width')
-        x = _draw(kind, chunk, g, params.get('vector_dim', 784))
+        x = _draw(kind, chunk, g, params)
         y = label(x)
         drawn += chunk
         keep = torch.zeros(len(y), dtype=torch.bool)
