@@ -212,6 +212,33 @@ def table(rows: dict) -> str:
     return '\n'.join(lines)
 
 
+def markdown(results: list) -> str:
+    """README table of committed audit results: one row per configuration of each, then the aims' ratios."""
+    lines = ['| model, input, effective batch | configuration | peak memory (MiB) | img/s | peak reached in |',
+             '|---|---|---|---|---|']
+    notes = []
+    for res in results:
+        shape = 'x'.join(map(str, res['input_shape'][1:])) if res.get('input_shape') else '?'
+        stem = f" {res['model_kwargs']['stem']} stem" if 'stem' in res.get('model_kwargs', {}) else ''
+        what = f"`{res['model']}`{stem}, {shape}, {res['batch_size']}"
+        for name, r in res['configs'].items():
+            if r.get('failed'):
+                lines.append(f"| {what} | `{name}` | failed: {r['error']} | | |")
+            else:
+                extra = f" ({r['accum_steps']} x {r['micro_batch']})" if r['accum_steps'] > 1 else ''
+                lines.append(f"| {what} | `{name}`{extra} | {r['peak_memory_mib']:.0f} | {r['img_per_s']:.1f} | "
+                             f"{r['peak_phase']} |")
+        q = res['ratios']
+
+        def f(key):
+            return 'n/a' if q.get(key) is None else f'{q[key]:.2f}'
+        notes.append(f"- {what} (`{res['device']}`, commit {res['git_commit'][:7]}): `dtg_per_unit` memory / `bp` "
+                     f"{f('dtg_per_unit_memory_over_bp')} (aim <= 0.5), / `bp_accum` {f('dtg_per_unit_memory_over_bp_accum')} "
+                     f"(aim <= 1), img/s / `bp` {f('dtg_per_unit_img_per_s_over_bp')} (aim >= 0.9); `dtg_summed` memory / "
+                     f"`bp` {f('dtg_summed_memory_over_bp')}.")
+    return '\n'.join(lines + [''] + notes)
+
+
 def plot(rows: dict, path: Path, title: str):
     import matplotlib
     matplotlib.use('Agg')
@@ -249,8 +276,13 @@ def main(argv=None) -> int:
     p.add_argument('--timeout', type=float, default=3600, help='seconds a configuration may run before it counts as failed')
     p.add_argument('--name', default='audit_cpu', help='results name: <out-dir>/<name>.json and .png')
     p.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'))
+    p.add_argument('--report', nargs='+', default=[], metavar='NAME',
+                   help='print the README table of these finished results (<out-dir>/<NAME>.json) and exit')
     p.add_argument('--one', default='', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.report:
+        print(markdown([json.loads((Path(args.out_dir) / f'{n}.json').read_text()) for n in args.report]))
+        return 0
     if args.one:
         print('RESULT ' + json.dumps(run_config(json.loads(args.one))))
         return 0

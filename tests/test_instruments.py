@@ -101,7 +101,7 @@ def test_coarse_fine_bad_label_column(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_audit_tiny_reports_a_crashed_configuration_and_runs_the_others(tmp_path):
+def test_audit_tiny_reports_a_crashed_configuration_and_runs_the_others(tmp_path, capsys):
     # micro-batches of 1 image: BatchNorm1d cannot train on them, so bp_accum crashes inside its process
     proc = _run('bench_audit.py', '--model', 'dtgff_mlp', '--batch-size', 4, '--accum-steps', 4, '--warmup', 1,
                 '--steps', 1, '--data-dir', '', '--configs', 'bp', 'bp_accum', 'dtg_per_unit', '--out-dir', tmp_path,
@@ -123,6 +123,10 @@ def test_audit_tiny_reports_a_crashed_configuration_and_runs_the_others(tmp_path
     ratios = result['ratios']
     assert ratios['dtg_per_unit_memory_over_bp'] == rows['dtg_per_unit']['peak_memory_mib'] / rows['bp']['peak_memory_mib']
     assert ratios['dtg_per_unit_memory_over_bp_accum'] is None and ratios['aims']['per_unit_memory_at_most_bp_accum'] is None
+    assert bench_audit.main(['--report', 'audit', '--out-dir', str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert '| `dtgff_mlp`, 28x28, 4 | `bp_accum` | failed: ValueError' in table
+    assert f"/ `bp` {ratios['dtg_per_unit_memory_over_bp']:.2f} (aim <= 0.5), / `bp_accum` n/a" in table
 
 
 @pytest.mark.parametrize('argv,match', [
