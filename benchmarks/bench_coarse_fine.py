@@ -108,7 +108,12 @@ def main(argv=None) -> int:
     p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs/coarse_fine'))
     p.add_argument('--name', default='coarse_fine_cpu')
     p.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'))
+    p.add_argument('--replot', action='store_true', help='only redraw <out-dir>/<name>.png from <name>.json')
     args = p.parse_args(argv)
+    if args.replot:
+        path = Path(args.out_dir) / f'{args.name}.json'
+        plot(json.loads(path.read_text()), path.with_suffix('.png'))
+        return 0
     from timm_ff.errors import TimmFFError
     try:
         check_objectives(args.objectives)

@@ -90,19 +90,26 @@ def plot(result: dict, path: Path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = dict(zip(TASKS, ('#2a7ab9', '#7b3fa0', '#d9822b', '#3a9a4a')))
     for ax, real in zip(axes, (False, True)):
+        ticks = set()
         for name, rows in result['tasks'].items():
             if TASKS[name]['real'] != real:
                 continue
             ks = sorted(rows, key=int)
+            ticks.update(int(k) for k in ks)
             for bp, style in zip(BASELINES, ('-o', '--s')):
                 key = f'dtg_minus_{bp}_pp'
                 pts = [(int(k), rows[k][key]) for k in ks if key in rows[k]]
                 if pts:
-                    ax.plot(*zip(*pts), style, label=f'{name}: dtg - {bp}')
+                    ax.plot(*zip(*pts), style, color=colors[name], label=f'{name}: dtg - {bp}')
         ax.axhline(0, color='#888888', lw=0.8)
-        ax.set_xscale('log', base=2)
+        ax.set_xscale('log')
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(t) for t in sorted(ticks)])
         ax.set_xlabel('number of classes K')
         ax.set_title('synthetic teacher-student tasks' if not real else 'real images (class subsets)', fontsize=10)
         ax.legend(fontsize=7)
@@ -131,7 +138,12 @@ def main(argv=None) -> int:
     p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs/ksweep'))
     p.add_argument('--name', default='ksweep_cpu')
     p.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'))
+    p.add_argument('--replot', action='store_true', help='only redraw <out-dir>/<name>.png from <name>.json')
     args = p.parse_args(argv)
+    if args.replot:
+        path = Path(args.out_dir) / f'{args.name}.json'
+        plot(json.loads(path.read_text()), path.with_suffix('.png'))
+        return 0
     from timm_ff.errors import TimmFFError
     try:
         check_objectives(args.objectives)
