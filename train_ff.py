@@ -194,7 +194,8 @@ def build_model(args, num_classes: int, in_chans: int):
 def describe_data(data, name: str, train_loader, eval_loader) -> dict:
     """What a model card records about the data: name, kind, splits, sizes and content hashes (no paths)."""
     kind = ('bundled sample' if data.is_sample else 'local parquet' if data.source.startswith('local parquet')
-            else 'local image folder' if data.source.startswith('local image') else 'Hugging Face Hub')
+            else 'local image folder' if data.source.startswith('local image')
+            else 'generated (timm_ff.synthetic)' if data.source.startswith('synthetic') else 'Hugging Face Hub')
     info = dict(name=name or 'local', kind=kind, label_column=data.label_column, num_classes=data.num_classes)
     for key, split, loader in (('train', data.train, train_loader), ('eval', data.eval, eval_loader)):
         info[f'{key}_split'] = str(split.split) if split.split is not None else key

@@ -58,6 +58,7 @@ def test_ksweep_tiny(tmp_path):
     assert info['data']['num_classes'] == 2 and info['data']['train_rows'] == 16  # 2 classes x 8 images
     synth = json.loads((tmp_path / 'runs/synthetic-k3/bp/run_info.json').read_text())
     assert synth['data']['num_classes'] == 3 and synth['data']['eval_rows'] == 12
+    assert synth['data']['kind'] == 'generated (timm_ff.synthetic)'
 
 
 @pytest.mark.parametrize('tasks,match', [
