@@ -36,11 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help='train only the classifier (every unit head projection + fusion weights) on frozen features')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', help='registered dataset name (see timm_ff.data.list_datasets)')
+    g.add_argument('--dataset-kwargs', default={}, type=json.loads,
+                   help='JSON dict of parameters of a generated dataset (synthetic, synthetic_vector: num_classes, '
+                        'train_per_class, test_per_class, teacher_depth, teacher_width, label_noise, seed, vector_dim)')
     g.add_argument('--data-dir', default='', help='local HF parquet folder or imagefolder instead of the Hub')
     g.add_argument('--label-column', default='', help='label column (e.g. coarse_label for CIFAR-100/20)')
     g.add_argument('--image-column', default='', help='image column (auto-detected by default)')
     g.add_argument('--train-split', default='', help='train split name')
     g.add_argument('--eval-split', default='', help='eval split name')
+    g.add_argument('--holdout', default=0.0, type=float,
+                   help='evaluate on this fraction of the train split (class-stratified, fixed seed) instead of the '
+                        'eval split, e.g. 0.25 for Omniglot, which has one split (0: off)')
+    g.add_argument('--max-per-class', default=0, type=int,
+                   help='keep only the first N training images of each class (0: all)')
+    g.add_argument('--classes', default=None, type=parse_classes,
+                   help='keep some classes and renumber them: N (the first N), a JSON list of class ids or names, or '
+                        'a JSON dict {group: [classes]} giving one label per group (e.g. vehicles vs animals)')
     g.add_argument('--in-chans', default=0, type=int, help='input channels (default: from the dataset)')
     g.add_argument('--workers', default=0, type=int, help='DataLoader worker processes per process (pil path)')
     g.add_argument('--data-pipeline', default='auto', choices=['auto', 'tensor', 'pil'],
@@ -91,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_classes(text: str):
+    """``--classes``: an integer N, or a JSON list / dict of classes."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f'{text!r} is neither a number of classes nor a JSON list or dict of '
+                                         'classes (e.g. 5, \'["cat", "dog"]\', \'{"vehicle": [0, 1, 8, 9], '
+                                         '"animal": [2, 3, 4, 5, 6, 7]}\')') from None
+
+
 # recipe keys that only make sense on a command line
 _NOT_IN_RECIPE = ('config', 'resume', 'output', 'push_to_hub', 'hub_private', 'hub_revision')
 
@@ -106,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_recipe_keys(recipe, dests, pre.config)
         parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
-    for key in ('model_kwargs', 'objective_kwargs'):
+    for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs'):
         if isinstance(getattr(args, key), str):
             setattr(args, key, json.loads(getattr(args, key)))
     return args
@@ -128,7 +152,7 @@ def check_args(args):
         raise ConfigError(f'--fusion-check-images must be >= 0, got {args.fusion_check_images}')
     if not isinstance(args.crop_padding, int) or isinstance(args.crop_padding, bool) or args.crop_padding < 0:
         raise ConfigError(f'--crop-padding must be a non-negative integer number of pixels, got {args.crop_padding!r}')
-    for key in ('model_kwargs', 'objective_kwargs'):
+    for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs'):
         if not isinstance(getattr(args, key), dict):
             raise ConfigError(f'--{key.replace("_", "-")} must be a JSON object, got {getattr(args, key)!r}')
 
@@ -170,7 +194,8 @@ def build_model(args, num_classes: int, in_chans: int):
 def describe_data(data, name: str, train_loader, eval_loader) -> dict:
     """What a model card records about the data: name, kind, splits, sizes and content hashes (no paths)."""
     kind = ('bundled sample' if data.is_sample else 'local parquet' if data.source.startswith('local parquet')
-            else 'local image folder' if data.source.startswith('local image') else 'Hugging Face Hub')
+            else 'local image folder' if data.source.startswith('local image')
+            else 'generated (timm_ff.synthetic)' if data.source.startswith('synthetic') else 'Hugging Face Hub')
     info = dict(name=name or 'local', kind=kind, label_column=data.label_column, num_classes=data.num_classes)
     for key, split, loader in (('train', data.train, train_loader), ('eval', data.eval, eval_loader)):
         info[f'{key}_split'] = str(split.split) if split.split is not None else key
@@ -245,7 +270,8 @@ def main(argv=None) -> int:
         data = load_image_datasets(
             args.dataset or None, data_dir=args.data_dir or None, label_column=args.label_column or None,
             image_column=args.image_column or None, train_split=args.train_split or None,
-            eval_split=args.eval_split or None)
+            eval_split=args.eval_split or None, dataset_kwargs=args.dataset_kwargs, holdout=args.holdout,
+            max_per_class=args.max_per_class, classes=args.classes)
     accelerator.print(f'processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}')
     accelerator.print(f'data: {data.source}: {len(data.train)} train / {len(data.eval)} eval images, '
                       f'{data.num_classes} classes ({data.label_column})')

@@ -47,8 +47,9 @@ def portable(text: str) -> str:
     return text.replace(str(REPO.parent / 'shared'), '../shared').replace(str(REPO) + '/', '')
 
 
-def write_result(name: str, result: dict) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with no absolute local paths in it; return the path."""
-    path = REPO / 'benchmarks/results' / f'{name}.json'
+def write_result(name: str, result: dict, out_dir: Path | str | None = None) -> Path:
+    """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``) with no absolute local paths in it; return the path."""
+    path = Path(out_dir or REPO / 'benchmarks/results') / f'{name}.json'
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(portable(json.dumps(result, indent=2)) + '\n')
     return path

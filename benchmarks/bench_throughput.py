@@ -27,8 +27,13 @@ MODELS = ('dtgff_cnn_s', 'dtgff_resnet18')
 TRAIN_CONFIGS = (('dtg', 'summed'), ('dtg', 'per_unit'), ('bp', 'summed'), ('bp_deepsup', 'summed'))
 
 
-def _setup(model_name: str, batch_size: int, data_dir: str, mixed_precision: str, channels_last: bool):
-    """The parts train_ff.py builds: accelerator, model, loaders (tensor path)."""
+def _setup(model_name: str, batch_size: int, data_dir: str, mixed_precision: str, channels_last: bool,
+           model_kwargs: dict | None = None, img_size: int = 0, grad_accum_steps: int = 1):
+    """The parts train_ff.py builds: accelerator, model, loaders (tensor path).
+
+    ``batch_size`` is the loader's (micro-)batch; ``img_size`` (0: the model's default) resizes the
+    images on the device; ``grad_accum_steps`` micro-batches make one optimiser step.
+    """
     import timm
     from accelerate import Accelerator
     from timm.data import resolve_data_config
@@ -36,12 +41,15 @@ def _setup(model_name: str, batch_size: int, data_dir: str, mixed_precision: str
     import timm_ff  # noqa: F401
     from timm_ff.data import create_loaders, load_image_datasets
     data = load_image_datasets('cifar10', data_dir=data_dir or None)
-    acc = Accelerator(mixed_precision=mixed_precision)
-    model = timm.create_model(model_name, num_classes=data.num_classes)
+    acc = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps)
+    model = timm.create_model(model_name, num_classes=data.num_classes, **(model_kwargs or {}))
     if channels_last:
         from timm_ff.trainer import to_channels_last
         to_channels_last(model)
-    train, _ = create_loaders(data, data_config=resolve_data_config(model=model), batch_size=batch_size,
+    config = resolve_data_config(model=model)
+    if img_size:
+        config['input_size'] = (config['input_size'][0], img_size, img_size)
+    train, _ = create_loaders(data, data_config=config, batch_size=batch_size, in_chans=getattr(model, 'in_chans', 3),
                               pipeline='tensor', aug='crop_flip', device=acc.device, channels_last=channels_last)
     return acc, model, train, data.source
 
@@ -64,10 +72,8 @@ def _sync(device):
 def run_one(cfg: dict) -> dict:
     """One configuration in this process; returns img/s (and CUDA peak memory)."""
     import torch
-    from timm.optim import create_optimizer_v2
 
-    import timm_ff
-    from timm_ff.trainer import LocalTrainer, compile_units
+    from timm_ff.trainer import compile_units
     torch.manual_seed(0)
     acc, model, train, source = _setup(cfg['model'], cfg['batch_size'], cfg['data_dir'], cfg['mixed_precision'],
                                        cfg['channels_last'])
@@ -86,21 +92,12 @@ def run_one(cfg: dict) -> dict:
     if cfg['compile']:
         why_not = compile_units(model.local_units())
         out['compiled'] = not why_not
-    opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=5e-4)
     if acc.device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(acc.device)
-    trainer = LocalTrainer(accelerator=acc, model=model, objective=timm_ff.create_objective(cfg['objective']),
-                           optimizer=opt, scheduler=None, train_loader=train, eval_loader=train, epochs=1,
-                           output_dir=Path(cfg['tmp']), local_backward=cfg['mode'], max_train_steps=warm,
-                           log_every=10 ** 9, progress=False)
-    trainer.train_epoch(0)
+    trainer, opt = warm_trainer(acc, model, train, cfg['objective'], cfg['mode'], warm, cfg['tmp'])
 
-    def trainer_steps(n):  # continues mid-epoch, as a resumed run does
-        trainer.max_train_steps = trainer.state.global_step + n
-        _sync(acc.device)
-        stats = trainer.train_epoch(0)
-        _sync(acc.device)
-        return stats['train_images'] / stats['train_time_s']
+    def trainer_steps(n):
+        return timed_steps(trainer, n)
     if cfg['kind'] == 'trainer':
         return dict(out, img_per_s=trainer_steps(steps), **_cuda_peak(acc.device))
     # 'overhead': the same dtg summed step (unit losses + fusion fit) written by hand, on the same model
@@ -137,6 +134,36 @@ def run_one(cfg: dict) -> dict:
                bare_img_per_s=statistics.median(r[1] for r in rounds), rounds=rounds)
     out['img_per_s'] = out['bare_img_per_s']
     return dict(out, **_cuda_peak(acc.device))
+
+
+def warm_trainer(acc, model, train, objective: str, mode: str, warmup: int, tmp: str):
+    """The real :class:`LocalTrainer` on ``train`` after ``warmup`` untimed optimiser steps; returns it and its optimiser."""
+    from timm.optim import create_optimizer_v2
+
+    import timm_ff
+    from timm_ff.trainer import LocalTrainer
+    opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=5e-4)
+    trainer = LocalTrainer(accelerator=acc, model=model, objective=timm_ff.create_objective(objective),
+                           optimizer=opt, scheduler=None, train_loader=train, eval_loader=train, epochs=1,
+                           output_dir=Path(tmp), local_backward=mode, max_train_steps=warmup,
+                           log_every=10 ** 9, progress=False)
+    trainer.train_epoch(0)
+    return trainer, opt
+
+
+def timed_steps(trainer, n: int) -> float:
+    """img/s of the trainer's next ``n`` optimiser steps (continues mid-epoch, as a resumed run does)."""
+    device = trainer.acc.device
+    left = len(trainer.train_loader) - trainer.state.step_in_epoch
+    need = n * trainer.acc.gradient_accumulation_steps
+    if need > left:
+        raise RuntimeError(f'{n} more optimiser steps need {need} batches but only {left} are left in the epoch; '
+                           'use fewer warm-up/timed steps or a larger dataset')
+    trainer.max_train_steps = trainer.state.global_step + n
+    _sync(device)
+    stats = trainer.train_epoch(0)
+    _sync(device)
+    return stats['train_images'] / stats['train_time_s']
 
 
 def _cuda_peak(device) -> dict:

@@ -228,3 +228,99 @@ def test_loader_argument_errors(parquet_dir):
         create_loaders(data, data_config=CIFAR_CONFIG, batch_size=8, train_transform_kwargs={'bogus': 1})
     with pytest.raises(DataError, match='in_chans must be 1'):
         make_transform(CIFAR_CONFIG, False, in_chans=2)
+
+
+VEHICLES = ['airplane', 'automobile', 'ship', 'truck']
+
+
+def _by_index(split, label_column='label'):
+    return dict(zip(split['orig_index'], split[label_column]))
+
+
+def test_first_n_classes_and_named_subset_are_renumbered(parquet_dir):
+    full = load_image_datasets(data_dir=str(parquet_dir))
+    first = load_image_datasets(data_dir=str(parquet_dir), classes=3)
+    assert first.num_classes == 3 and first.class_names == CIFAR_CLASSES[:3]
+    orig = _by_index(full.train)
+    assert _by_index(first.train) == {i: y for i, y in orig.items() if y < 3}
+    named = load_image_datasets(data_dir=str(parquet_dir), classes=['dog', 'cat'])
+    assert named.num_classes == 2 and named.class_names == ['dog', 'cat']
+    assert named.train.features['label'].names == ['dog', 'cat']
+    for split, orig_split in ((named.train, full.train), (named.eval, full.eval)):
+        want = {i: {5: 0, 3: 1}[y] for i, y in _by_index(orig_split).items() if y in (3, 5)}
+        assert _by_index(split) == want and len(want) > 0
+
+
+def test_class_groups_give_one_label_per_group(parquet_dir):
+    full = load_image_datasets(data_dir=str(parquet_dir))
+    groups = {'vehicle': VEHICLES, 'animal': [c for c in CIFAR_CLASSES if c not in VEHICLES]}
+    data = load_image_datasets(data_dir=str(parquet_dir), classes=groups)
+    assert data.num_classes == 2 and data.class_names == ['vehicle', 'animal']
+    assert len(data.train) == len(full.train)  # every class is in a group: the same images
+    vehicle_ids = {CIFAR_CLASSES.index(c) for c in VEHICLES}
+    assert _by_index(data.train) == {i: 0 if y in vehicle_ids else 1 for i, y in _by_index(full.train).items()}
+    mixed = load_image_datasets(data_dir=str(parquet_dir), classes={'a': [0, 'ship'], 'b': 9})
+    assert _by_index(mixed.eval) == {i: 0 if y in (0, 8) else 1 for i, y in _by_index(full.eval).items()
+                                     if y in (0, 8, 9)}
+
+
+@pytest.mark.parametrize('classes,match', [
+    (11, r"classes \(--classes\) 11 is not possible: label column 'label' has 10 classes; pick 2 to 10"),
+    (1, r'classes \(--classes\) 1 is not possible'),
+    (['cat', 'unicorn'], r"unknown class 'unicorn'.*allowed: ids 0-9 or names airplane, automobile"),
+    ([3, 'cat'], r"class 3 \(cat\) is listed twice"),
+    ({'only': [0, 1]}, r'leaves 1 class; a classifier needs at least 2'),
+    ('cats', r"must be a number of classes, a list of classes or a dict of groups, got 'cats'"),
+])
+def test_bad_class_selection(parquet_dir, classes, match):
+    with pytest.raises(DataError, match=match):
+        load_image_datasets(data_dir=str(parquet_dir), classes=classes)
+
+
+def test_max_per_class_keeps_the_first_images_of_each_class(parquet_dir):
+    full = load_image_datasets(data_dir=str(parquet_dir))
+    capped = load_image_datasets(data_dir=str(parquet_dir), max_per_class=2)
+    want, seen = [], {}
+    for i, y in zip(full.train['orig_index'], full.train['label']):
+        if seen.get(y, 0) < 2:
+            seen[y] = seen.get(y, 0) + 1
+            want.append(i)
+    assert capped.train['orig_index'] == want and len(capped.eval) == len(full.eval)
+    with pytest.raises(DataError, match=r'max_per_class \(--max-per-class\) must be a positive integer, got -1'):
+        load_image_datasets(data_dir=str(parquet_dir), max_per_class=-1)
+
+
+def test_holdout_is_stratified_disjoint_and_fixed(tmp_path, sample):
+    sample['train'].to_parquet(str(tmp_path / 'train-00000-of-00001.parquet'))  # one split only, like Omniglot
+    with pytest.raises(DataError, match='no eval split'):
+        load_image_datasets(data_dir=str(tmp_path))
+    data = load_image_datasets(data_dir=str(tmp_path), holdout=0.2)
+    assert (len(data.train), len(data.eval)) == (760, 190)
+    assert torch.bincount(torch.tensor(data.eval['label'])).tolist() == [19] * 10  # 95 per class, stratified
+    assert not set(data.train['orig_index']) & set(data.eval['orig_index'])
+    again = load_image_datasets(data_dir=str(tmp_path), holdout=0.2, classes=2)
+    assert set(again.eval['orig_index']) == {i for i, y in _by_index(data.eval).items() if y < 2}
+    with pytest.raises(DataError, match=r'holdout \(--holdout\) must be a fraction in \(0, 1\), got 1.5'):
+        load_image_datasets(data_dir=str(tmp_path), holdout=1.5)
+
+
+def test_one_bit_images_are_read_as_grayscale_and_resized(tmp_path, sample):
+    """Omniglot's layout: 105x105 mode '1' images, one split; the tensor path reads them as 0/255 grayscale."""
+    def to_glyph(batch):
+        return {'img': [im.convert('L').resize((105, 105)).point(lambda v: 255 if v > 100 else 0).convert('1')
+                        for im in batch['img']]}
+    ds = sample['train'].filter(lambda y: y < 5, input_columns='label').select(range(40)).map(to_glyph, batched=True)
+    ds.to_parquet(str(tmp_path / 'train-00000-of-00001.parquet'))
+    with pytest.raises(DataError, match=r"cannot hold out 0.05 of the 40 training rows.*stratified by 'label'"):
+        load_image_datasets(data_dir=str(tmp_path), holdout=0.05)  # 2 held-out rows for 5 classes
+    data = load_image_datasets(data_dir=str(tmp_path), holdout=0.25, classes=4)
+    assert data.train[0]['img'].mode == '1' and data.train[0]['img'].size == (105, 105)
+    from timm_ff.tensor_data import decode_split
+    decoded = decode_split(data.train, 'img', 'label', 'L', cache=False)
+    assert decoded.images.shape[1:] == (1, 105, 105)
+    assert set(decoded.images.unique().tolist()) == {0, 255}
+    config = dict(CIFAR_CONFIG, input_size=(1, 32, 32))
+    train, evals = create_loaders(data, data_config=config, batch_size=4, in_chans=1, pipeline='tensor')
+    for loader in (train, evals):
+        x, y = next(iter(loader))
+        assert x.shape == (4, 1, 32, 32) and int(y.max()) < 4

@@ -13,13 +13,15 @@ model's data config and keep exact resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import inspect
 import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Union
 
 import datasets
 import timm.data
@@ -29,6 +31,8 @@ from torch.utils.data import DataLoader
 
 from timm_ff.errors import DataError, unknown_choice
 from timm_ff.hub import hub_unavailable
+from timm_ff.synthetic import describe as describe_synthetic
+from timm_ff.synthetic import synthetic_dataset
 from timm_ff.tensor_data import (
     DATA_PIPELINES, BatchAugment, TensorLoader, check_augmentation, decode_split, estimate_bytes,
 )
@@ -36,7 +40,8 @@ from timm_ff.tensor_data import (
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
     'make_transform', 'create_loaders', 'set_augmentation_epoch', 'choose_pipeline', 'batches_per_process',
-    'SAMPLE_DIR', 'CHECK_SAMPLES', 'TENSOR_MEMORY_BUDGET', 'sample_accuracy',
+    'SAMPLE_DIR', 'CHECK_SAMPLES', 'TENSOR_MEMORY_BUDGET', 'sample_accuracy', 'select_classes', 'cap_per_class',
+    'HOLDOUT_SEED',
 ]
 
 SAMPLE_DIR = Path(__file__).resolve().parent / '_sample' / 'cifar10-tiny'
@@ -63,6 +68,8 @@ class DatasetSpec:
     in_chans: int = 3
     description: str = ''
     config: str | None = None
+    builder: Callable[..., datasets.DatasetDict] | None = None
+    """Generates the dataset locally from ``dataset_kwargs`` (no Hub id): the synthetic tasks."""
 
 
 _REGISTRY: dict[str, DatasetSpec] = {
@@ -80,7 +87,18 @@ _REGISTRY: dict[str, DatasetSpec] = {
     'stl10': DatasetSpec('tanganke/stl10', 'image', ('label',), description='STL-10, 10 classes, 96x96'),
     'tiny_imagenet': DatasetSpec('zh-plus/tiny-imagenet', 'image', ('label',), eval_split='valid',
                                  description='Tiny ImageNet, 200 classes, 64x64'),
+    'synthetic': DatasetSpec('', 'img', ('label', 'teacher_label'), builder=functools.partial(synthetic_dataset, 'image'),
+                             description='teacher-student task, 3x32x32 inputs labelled by a random CNN '
+                                         '(timm_ff.synthetic; parameters via dataset_kwargs)'),
+    'synthetic_vector': DatasetSpec('', 'img', ('label', 'teacher_label'), in_chans=1,
+                                    builder=functools.partial(synthetic_dataset, 'vector'),
+                                    description='teacher-student task, vector inputs labelled by a random MLP '
+                                                '(timm_ff.synthetic; parameters via dataset_kwargs)'),
 }
+GENERATED = tuple(n for n, s in _REGISTRY.items() if s.builder is not None)
+HOLDOUT_SEED = 0
+"""Seed of the held-out eval split (``holdout``): the same images for every run seed."""
+ClassSelection = Union[int, list, dict, None]
 
 
 @dataclass
@@ -257,8 +275,13 @@ def _select(dd: datasets.DatasetDict, where: str, source: str, spec: DatasetSpec
 def load_image_datasets(name: str | None = None, data_dir: str | None = None,
                         label_column: str | None = None, image_column: str | None = None,
                         train_split: str | None = None, eval_split: str | None = None,
-                        allow_sample_fallback: bool = True) -> ImageData:
+                        allow_sample_fallback: bool = True, dataset_kwargs: dict | None = None,
+                        holdout: float = 0.0, max_per_class: int = 0, classes: ClassSelection = None) -> ImageData:
     """Load a train/eval pair of image-classification splits.
+
+    The optional steps run in this order: ``holdout`` carves the eval split out of the train split,
+    ``max_per_class`` caps the training images per class, ``classes`` keeps (and renumbers, or groups)
+    classes in both splits.
 
     Args:
         name: Registered dataset name (see :func:`list_datasets`); optional when ``data_dir`` is given.
@@ -268,20 +291,56 @@ def load_image_datasets(name: str | None = None, data_dir: str | None = None,
         train_split: Training split (default: the dataset's, else ``train``).
         eval_split: Eval split (default: the dataset's, else the first of test/validation/valid/val).
         allow_sample_fallback: Use the bundled CIFAR-10 sample when ``cifar10`` cannot be fetched.
+        dataset_kwargs: Parameters of a generated dataset (``synthetic``, ``synthetic_vector``; see
+            :mod:`timm_ff.synthetic`).
+        holdout: If > 0, evaluate on this fraction of the train split instead of the eval split: a
+            class-stratified random choice seeded by :data:`HOLDOUT_SEED` (for data with one split, such as
+            Omniglot).
+        max_per_class: If > 0, keep only the first this many training images of each class (split order).
+        classes: Which classes to keep (see :func:`select_classes`): N (the first N), a list of class ids
+            or names (renumbered 0..len-1 in that order), or a dict ``{group name: [classes]}`` (one label
+            per group, e.g. vehicles vs animals).
 
     Returns:
         The selected splits and their metadata; ``source`` says where the data came from.
 
     Raises:
-        DataError: For an unknown name, an unusable folder, a missing split or column, or an unreachable Hub.
+        DataError: For an unknown name, an unusable folder, a missing split or column, an unreachable Hub,
+            or a bad holdout, cap or class selection.
     """
     spec = get_dataset_spec(name) if name is not None else None
-    if data_dir is not None:
+    if dataset_kwargs and (spec is None or spec.builder is None):
+        raise DataError(f"dataset_kwargs (--dataset-kwargs) only apply to the generated datasets "
+                        f"{', '.join(GENERATED)}, not to {name or data_dir!r}")
+    is_sample = False
+    if spec is not None and spec.builder is not None:
+        if data_dir is not None:
+            raise DataError(f"dataset {name!r} is generated, not read from a folder; drop data_dir (--data-dir) "
+                            f"or pick a dataset other than {', '.join(GENERATED)}")
+        dd = spec.builder(**(dataset_kwargs or {}))
+        where = source = describe_synthetic(spec.builder.args[0], dataset_kwargs or {})
+    elif data_dir is not None:
         dd, where = _load_local(data_dir)
-        return _select(dd, where, where, spec, label_column, image_column, train_split, eval_split)
-    if spec is None:
+        source = where
+    elif spec is None:
         raise DataError(f"no dataset given; pass a dataset name (one of {', '.join(list_datasets())}) "
                         "or data_dir (--data-dir) with a local parquet or image folder")
+    else:
+        dd, where, source, is_sample = _load_hub(spec, name, allow_sample_fallback, label_column, image_column)
+    if holdout:
+        dd, train_split, eval_split = _holdout(dd, where, spec, train_split, label_column, holdout)
+        source += f' (eval: {holdout:g} of the train split held out, stratified, seed {HOLDOUT_SEED})'
+    data = _select(dd, where, source, spec, label_column, image_column, train_split, eval_split, is_sample)
+    if max_per_class:
+        data = cap_per_class(data, max_per_class)
+    if classes is not None:
+        data = select_classes(data, classes)
+    return data
+
+
+def _load_hub(spec: DatasetSpec, name: str, allow_sample_fallback: bool, label_column: str | None,
+              image_column: str | None) -> tuple[datasets.DatasetDict, str, str, bool]:
+    """Load a registered dataset from the Hub (or its cache); fall back to the bundled CIFAR-10 sample."""
     unreachable = hub_unavailable()
     try:
         with _datasets_offline(unreachable is not None):
@@ -294,14 +353,114 @@ def load_image_datasets(name: str | None = None, data_dir: str | None = None,
             counts = f"{sample['train'].num_rows} train / {sample['test'].num_rows} test images"
             source = (f"bundled CIFAR-10 sample ({counts}) because the Hub id {spec.hub_id!r} could not be loaded "
                       f"({why}); pass --data-dir with the full data for real results")
-            return _select(sample, 'the bundled CIFAR-10 sample', source, spec, label_column, image_column,
-                           train_split, eval_split, is_sample=True)
+            return sample, 'the bundled CIFAR-10 sample', source, True
         raise DataError(f"Hub dataset {spec.hub_id!r} could not be loaded ({why}); pass --data-dir with a "
                         "local parquet folder or image folder (e.g. a ../shared/data/<name> folder with "
                         "<split>-00000-of-00001.parquet files) or go online") from exc
-    return _select(dd, f'Hub dataset {spec.hub_id!r}', f'Hugging Face Hub {spec.hub_id!r}'
-                   + (f' (config {spec.config!r})' if spec.config else ''),
-                   spec, label_column, image_column, train_split, eval_split)
+    source = f'Hugging Face Hub {spec.hub_id!r}' + (f' (config {spec.config!r})' if spec.config else '')
+    return dd, f'Hub dataset {spec.hub_id!r}', source, False
+
+
+def _holdout(dd: datasets.DatasetDict, where: str, spec: DatasetSpec | None, train_split: str | None,
+             label_column: str | None, fraction: float) -> tuple[datasets.DatasetDict, str, str]:
+    """Split the train split into ``train`` and a stratified held-out ``test`` split."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise DataError(f'holdout (--holdout) must be a fraction in (0, 1), got {fraction!r}')
+    train = train_split or (spec.train_split if spec else 'train')
+    if train not in dd:
+        raise DataError(f"train split {train!r} not found in {where}; splits found: {', '.join(dd.keys())}; "
+                        "pass train_split (--train-split)")
+    ds = dd[train]
+    label = _pick_label_column(ds, label_column, spec)
+    stratify = label if isinstance(ds.features[label], datasets.ClassLabel) else None
+    try:
+        parts = ds.train_test_split(test_size=fraction, stratify_by_column=stratify, seed=HOLDOUT_SEED)
+    except ValueError as e:  # a class with one row, or fewer held-out rows than classes
+        raise DataError(f'cannot hold out {fraction:g} of the {len(ds)} training rows of {where} stratified by '
+                        f'{label!r} ({str(e).splitlines()[0]}): every class needs at least 2 rows and the held-out '
+                        'part at least one row per class') from e
+    return datasets.DatasetDict(train=parts['train'], test=parts['test']), 'train', 'test'
+
+
+def cap_per_class(data: ImageData, max_per_class: int) -> ImageData:
+    """Keep only the first ``max_per_class`` training images of each class (in split order); eval is unchanged."""
+    if isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1:
+        raise DataError(f'max_per_class (--max-per-class) must be a positive integer, got {max_per_class!r}')
+    counts: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(data.train[data.label_column]):
+        if counts.get(label, 0) < max_per_class:
+            counts[label] = counts.get(label, 0) + 1
+            keep.append(i)
+    return dataclasses.replace(data, train=data.train.select(keep),
+                               source=data.source + f' (at most {max_per_class} training images per class)')
+
+
+def _class_id(value: Any, data: ImageData) -> int:
+    """A class given by id or by name -> its id; unknown values name the allowed ones."""
+    names = data.class_names or []
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < data.num_classes:
+        return value
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    allowed = f"ids 0-{data.num_classes - 1}" + (f" or names {', '.join(names)}" if names else '')
+    if len(allowed) > 400:
+        allowed = allowed[:400] + ' ...'
+    raise DataError(f"unknown class {value!r} in classes (--classes) for label column {data.label_column!r}; "
+                    f"allowed: {allowed}")
+
+
+def select_classes(data: ImageData, classes: ClassSelection) -> ImageData:
+    """Keep some classes of both splits and renumber their labels 0..K-1.
+
+    Args:
+        data: The splits.
+        classes: ``N``: the first N classes (ids 0..N-1, labels unchanged). A list of class ids or names:
+            those classes, labelled 0..len-1 in list order. A dict ``{group name: [class ids or names]}``: one
+            label per group (in dict order); classes in no group are dropped.
+
+    Raises:
+        DataError: For N larger than the classes available, fewer than two classes or groups, an unknown
+            class, a class listed twice, or a value of another type (each message names the value).
+    """
+    avail = data.num_classes
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if not 2 <= classes <= avail:
+            raise DataError(f"classes (--classes) {classes} is not possible: label column {data.label_column!r} has "
+                            f"{avail} classes; pick 2 to {avail}")
+        groups = [((data.class_names[c] if data.class_names else str(c)), [c]) for c in range(classes)]
+    elif isinstance(classes, (list, tuple)):
+        groups = [((data.class_names[c] if data.class_names else str(c)), [c])
+                  for c in (_class_id(c, data) for c in classes)]
+    elif isinstance(classes, dict):
+        groups = [(str(g), [_class_id(c, data) for c in (members if isinstance(members, (list, tuple)) else [members])])
+                  for g, members in classes.items()]
+    else:
+        raise DataError(f'classes (--classes) must be a number of classes, a list of classes or a dict of groups, '
+                        f'got {classes!r}')
+    remap: dict[int, int] = {}
+    for new, (_, members) in enumerate(groups):
+        for c in members:
+            if c in remap:
+                raise DataError(f'class {c} ({data.class_names[c] if data.class_names else c}) is listed twice in '
+                                f'classes (--classes) {classes!r}')
+            remap[c] = new
+    groups = dict(groups)
+    if len(groups) < 2:
+        raise DataError(f'classes (--classes) {classes!r} leaves {len(groups)} class; a classifier needs at least 2')
+    names = list(groups)
+    label = data.label_column
+
+    def restrict(split: datasets.Dataset) -> datasets.Dataset:
+        kept = split.filter(lambda ys: [y in remap for y in ys], input_columns=[label], batched=True)
+        features = kept.features.copy()
+        features[label] = datasets.ClassLabel(names=names)
+        return kept.map(lambda ys: {label: [remap[y] for y in ys]}, input_columns=[label], batched=True,
+                        features=features)
+    what = ', '.join(f"{g}={'+'.join(str(c) for c in m)}" if len(m) > 1 else g for g, m in groups.items())
+    what = what if len(groups) <= 12 else f'{len(groups)} of {avail}'
+    return dataclasses.replace(data, train=restrict(data.train), eval=restrict(data.eval), num_classes=len(names),
+                               class_names=names, source=data.source + f' (classes: {what})')
 
 
 @contextlib.contextmanager
