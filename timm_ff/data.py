@@ -191,7 +191,8 @@ def _pick_splits(dd: datasets.DatasetDict, where: str, spec: DatasetSpec | None,
                  train_split: str | None, eval_split: str | None) -> tuple[str, str]:
     """Choose the train and eval split names present in ``dd``."""
     found = ', '.join(dd.keys())
-    hint = 'pass train_split/eval_split (--train-split/--eval-split) explicitly; the same split may serve both'
+    hint = ('pass train_split/eval_split (--train-split/--eval-split) explicitly; the same split may serve both; '
+            'or hold out part of the train split with holdout (--holdout 0.25)')
     train = train_split or (spec.train_split if spec else 'train')
     if train not in dd:
         raise DataError(f"train split {train!r} not found in {where}; splits found: {found}; {hint}")
