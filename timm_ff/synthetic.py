@@ -11,8 +11,8 @@ A task is a ``datasets.DatasetDict`` (``train`` / ``test``) with columns ``img``
 
 * ``image`` tasks (dataset ``synthetic``): 3x32x32 inputs, so every backbone applies. Each pixel is
   ``clip(round(128 + 32 z), 0, 255)``, where ``z`` is i.i.d. ``N(0, 1)`` noise on a ``latent_size`` grid
-  upsampled bilinearly to 32x32 and rescaled to unit variance (low-frequency images; ``latent_size=32``
-  gives i.i.d. pixels, which a small student barely learns from a few thousand examples); the teacher is a random CNN
+  upsampled bilinearly to 32x32 and rescaled to unit variance (low-frequency images, which a small CNN
+  learns from a few hundred examples per class; ``latent_size=32`` gives i.i.d. pixels); the teacher is a random CNN
   (``teacher_depth`` 3x3 stride-2 convolutions of ``teacher_width`` channels with ReLU, global average
   pooling, a linear map to K logits) applied to ``(pixel - 128) / 32``, so it labels exactly the
   quantised values the student sees.
