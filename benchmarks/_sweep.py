@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from _provenance import REPO
+from _provenance import REPO, write_result
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -60,3 +60,31 @@ def check_objectives(objectives: list):
             raise unknown_choice('objective', obj, OBJECTIVES)
     if 'dtg' not in objectives or not set(objectives) & set(BASELINES):
         raise ConfigError(f"objectives {objectives} give no gap: include dtg and at least one of {', '.join(BASELINES)}")
+
+
+def add_output_args(parser, runs_subdir: str, name: str):
+    """The run-folder, results-name and --replot options both instruments share."""
+    parser.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs' / runs_subdir))
+    parser.add_argument('--name', default=name)
+    parser.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'))
+    parser.add_argument('--replot', action='store_true', help='only redraw <out-dir>/<name>.png from <name>.json')
+
+
+def replot(args, plot) -> int:
+    """Redraw ``<out-dir>/<name>.png`` from its results file."""
+    path = Path(args.out_dir) / f'{args.name}.json'
+    if not path.is_file():
+        print(f'error: --replot needs a results file, and {path} does not exist; run without --replot first',
+              file=sys.stderr)
+        return 2
+    plot(json.loads(path.read_text()), path.with_suffix('.png'))
+    return 0
+
+
+def save(result: dict, args, plot, t0: float) -> int:
+    """Write the results file (with the wall time since ``t0``) and its PNG."""
+    result['wall_s'] = time.time() - t0
+    path = write_result(args.name, result, args.out_dir)
+    plot(result, path.with_suffix('.png'))
+    print(f'-> {path}')
+    return 0

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance, write_result  # noqa: E402
-from _sweep import BASELINES, DATA, OBJECTIVES, check_objectives, run_objectives  # noqa: E402
+from _provenance import REPO, provenance  # noqa: E402
+from _sweep import (BASELINES, DATA, OBJECTIVES, add_output_args, check_objectives, replot, run_objectives,  # noqa: E402
+                    save)
 
 VEHICLES = ['airplane', 'automobile', 'ship', 'truck']
 ANIMALS = ['bird', 'cat', 'deer', 'dog', 'frog', 'horse']
@@ -105,15 +106,10 @@ def main(argv=None) -> int:
     p.add_argument('--coarse-column', default='coarse_label', help='cifar100: coarse label column')
     p.add_argument('--fine-column', default='fine_label', help='cifar100: fine label column')
     p.add_argument('--cifar10-dir', default=str(DATA / 'cifar10-jpeg'))
-    p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs/coarse_fine'))
-    p.add_argument('--name', default='coarse_fine_cpu')
-    p.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'))
-    p.add_argument('--replot', action='store_true', help='only redraw <out-dir>/<name>.png from <name>.json')
+    add_output_args(p, 'coarse_fine', 'coarse_fine_cpu')
     args = p.parse_args(argv)
     if args.replot:
-        path = Path(args.out_dir) / f'{args.name}.json'
-        plot(json.loads(path.read_text()), path.with_suffix('.png'))
-        return 0
+        return replot(args, plot)
     from timm_ff.errors import TimmFFError
     try:
         check_objectives(args.objectives)
@@ -142,11 +138,7 @@ def main(argv=None) -> int:
         result['probes'][probe] = row
         print(f'{probe}: ' + '  '.join(f"{g} {o} {r['accuracy']:.2f}%" for g in ('coarse', 'fine')
                                        for o, r in row[g]['runs'].items()), flush=True)
-    result['wall_s'] = time.time() - t0
-    path = write_result(args.name, result, args.out_dir)
-    plot(result, path.with_suffix('.png'))
-    print(f'-> {path}')
-    return 0
+    return save(result, args, plot, t0)
 
 
 if __name__ == '__main__':

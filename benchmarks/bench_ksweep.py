@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import REPO, provenance, write_result  # noqa: E402
-from _sweep import BASELINES, DATA, OBJECTIVES, check_objectives, run_objectives  # noqa: E402
+from _provenance import REPO, provenance  # noqa: E402
+from _sweep import (BASELINES, DATA, OBJECTIVES, add_output_args, check_objectives, replot, run_objectives,  # noqa: E402
+                    save)
 
 TASKS = {
     'synthetic': dict(model='dtgff_cnn_s', real=False),
@@ -135,15 +136,10 @@ def main(argv=None) -> int:
     p.add_argument('--seed', type=int, default=0, help='training seed')
     p.add_argument('--cifar10-dir', default=str(DATA / 'cifar10-jpeg'))
     p.add_argument('--omniglot-dir', default=str(DATA / 'omniglot-small'))
-    p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs/ksweep'))
-    p.add_argument('--name', default='ksweep_cpu')
-    p.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'))
-    p.add_argument('--replot', action='store_true', help='only redraw <out-dir>/<name>.png from <name>.json')
+    add_output_args(p, 'ksweep', 'ksweep_cpu')
     args = p.parse_args(argv)
     if args.replot:
-        path = Path(args.out_dir) / f'{args.name}.json'
-        plot(json.loads(path.read_text()), path.with_suffix('.png'))
-        return 0
+        return replot(args, plot)
     from timm_ff.errors import TimmFFError
     try:
         check_objectives(args.objectives)
@@ -170,11 +166,7 @@ def main(argv=None) -> int:
             result['tasks'][name][str(k)] = row
             print(f'{name} K={k}: ' + '  '.join(f"{o} {r['accuracy']:.2f}%" for o, r in row['runs'].items()) +
                   '  gap ' + '  '.join(f'{key} {v:+.2f}' for key, v in row.items() if key.endswith('_pp')), flush=True)
-    result['wall_s'] = time.time() - t0
-    path = write_result(args.name, result, args.out_dir)
-    plot(result, path.with_suffix('.png'))
-    print(f'-> {path}')
-    return 0
+    return save(result, args, plot, t0)
 
 
 if __name__ == '__main__':
