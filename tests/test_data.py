@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
-import timm_ff.data as data_mod
+from timm_ff.data import sources
 from timm_ff.data import (
     SAMPLE_DIR, ImageData, create_loaders, get_dataset_spec, list_datasets, load_image_datasets, make_transform,
 )
@@ -17,15 +17,15 @@ CIFAR_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Make every Hub load in timm_ff.data fail the way HF_HUB_OFFLINE=1 does; local loads still work."""
-    real = data_mod.load_dataset
+    """Make every Hub load in timm_ff.data.sources fail as HF_HUB_OFFLINE=1 does; local loads still work."""
+    real = sources.load_dataset
 
     def fake(path, *args, **kwargs):
         if path in ('parquet', 'imagefolder'):
             return real(path, *args, **kwargs)
         raise ConnectionError(f"Couldn't reach {path!r} on the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(data_mod, 'load_dataset', fake)
+    monkeypatch.setattr(sources, 'load_dataset', fake)
 
 
 @pytest.fixture(scope='module')
@@ -75,20 +75,20 @@ def test_unreachable_hub_uses_cache_only(monkeypatch):
     dead = 'http://127.0.0.1:9'
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', dead)
-    monkeypatch.setattr(data_mod.datasets.config, 'HF_HUB_OFFLINE', False)
-    monkeypatch.setattr(data_mod.datasets.config, 'HF_ENDPOINT', dead)
-    real, offline_during_call = data_mod.load_dataset, []
+    monkeypatch.setattr(sources.datasets.config, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(sources.datasets.config, 'HF_ENDPOINT', dead)
+    real, offline_during_call = sources.load_dataset, []
 
     def spy(path, *args, **kwargs):
         if path not in ('parquet', 'imagefolder'):
-            offline_during_call.append(data_mod.datasets.config.HF_HUB_OFFLINE)
+            offline_during_call.append(sources.datasets.config.HF_HUB_OFFLINE)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(data_mod, 'load_dataset', spy)
+    monkeypatch.setattr(sources, 'load_dataset', spy)
     data = load_image_datasets('cifar10')
     assert data.is_sample and offline_during_call == [True]
     assert f'the Hub at {dead} cannot be reached' in data.source
-    assert data_mod.datasets.config.HF_HUB_OFFLINE is False
+    assert sources.datasets.config.HF_HUB_OFFLINE is False
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -315,7 +315,7 @@ def test_one_bit_images_are_read_as_grayscale_and_resized(tmp_path, sample):
         load_image_datasets(data_dir=str(tmp_path), holdout=0.05)  # 2 held-out rows for 5 classes
     data = load_image_datasets(data_dir=str(tmp_path), holdout=0.25, classes=4)
     assert data.train[0]['img'].mode == '1' and data.train[0]['img'].size == (105, 105)
-    from timm_ff.tensor_data import decode_split
+    from timm_ff.data.tensor import decode_split
     decoded = decode_split(data.train, 'img', 'label', 'L', cache=False)
     assert decoded.images.shape[1:] == (1, 105, 105)
     assert set(decoded.images.unique().tolist()) == {0, 255}
@@ -324,3 +324,85 @@ def test_one_bit_images_are_read_as_grayscale_and_resized(tmp_path, sample):
     for loader in (train, evals):
         x, y = next(iter(loader))
         assert x.shape == (4, 1, 32, 32) and int(y.max()) < 4
+
+
+def _sample_copy(tmp_path):
+    """A copy of the bundled CIFAR-10 sample folder (train and test parquet files)."""
+    import shutil
+    root = tmp_path / 'corrupt'
+    shutil.copytree(SAMPLE_DIR, root)
+    return root
+
+
+def test_truncated_parquet_is_one_clear_error_naming_the_file(tmp_path):
+    root = _sample_copy(tmp_path)
+    bad = root / 'test-00000-of-00001.parquet'
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(DataError) as info:
+        load_image_datasets(data_dir=str(root))
+    msg = str(info.value)
+    assert f"data file {str(bad)!r} is not readable parquet" in msg and '\n' not in msg
+    assert 'train-*.parquet and test-*.parquet' in msg and 'image folder' in msg
+
+
+def test_parquet_with_a_good_footer_and_bad_pages_names_the_file(tmp_path):
+    """The footer check passes; datasets then fails reading the pages and the file is found by reading it."""
+    root = _sample_copy(tmp_path)
+    bad = root / 'train-00000-of-00001.parquet'
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[:4] + b'\xff' * 4000 + raw[4004:])  # page headers overwritten, footer intact
+    with pytest.raises(DataError, match=rf"data file {str(bad)!r} is not readable parquet \(.*thrift"):
+        load_image_datasets(data_dir=str(root))
+
+
+def _hub_imports(source: str, package: str) -> list[int]:
+    """Lines of ``source`` (a module of ``package``) that import timm_ff.hub, absolutely or relatively."""
+    import ast
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split('.')
+            base = (node.module or '') if node.level == 0 else '.'.join(
+                parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            names = [base] + [f'{base}.{a.name}' for a in node.names]
+        else:
+            continue
+        if any(n == 'timm_ff.hub' or n.startswith('timm_ff.hub.') for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_data_module_imports_the_hub():
+    """timm_ff.data sits below timm_ff.hub (the hub imports data), so no data module may import the hub."""
+    import pathlib
+
+    import timm_ff.data
+    for bad in ('from ..hub import hub_unavailable', 'from .. import hub', 'import timm_ff.hub.card',
+                'from timm_ff.hub._common import x', 'from timm_ff import hub', '    from ..hub import x'):
+        assert _hub_imports(f'def f():\n{bad}\n' if bad.startswith(' ') else bad, 'timm_ff.data') != [], bad
+    for ok in ('from .._offline import hub_unavailable', 'from ..errors import DataError',
+               'import huggingface_hub',
+               'from .sources import load_image_datasets', 'from timm_ff import hubstatus'):
+        assert _hub_imports(ok, 'timm_ff.data') == [], ok
+    root = pathlib.Path(timm_ff.data.__file__).parent
+    modules = sorted(root.rglob('*.py'))
+    assert {'__init__.py', 'sources.py', 'tensor.py'} <= {p.name for p in modules}
+    found = {}
+    for path in modules:
+        package = '.'.join(('timm_ff', 'data', *path.relative_to(root).parent.parts))
+        if _hub_imports(path.read_text(), package):
+            found[str(path.relative_to(root))] = _hub_imports(path.read_text(), package)
+    assert not found, f'timm_ff.data modules importing timm_ff.hub (file: lines): {found}'
+
+
+def test_importing_data_does_not_import_the_hub():
+    import subprocess
+    import sys
+    code = ("import timm_ff.data, sys; assert 'timm_ff.hub' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith('timm_ff'))")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]

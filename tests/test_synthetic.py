@@ -5,7 +5,7 @@ import torch
 from timm_ff.data import create_loaders, load_image_datasets
 from timm_ff.errors import DataError
 from timm_ff.synthetic import PIXEL_CENTER, PIXEL_SCALE, _draw, _rows, synthetic_dataset, teacher_labels
-from timm_ff.tensor_data import decode_split
+from timm_ff.data.tensor import decode_split
 
 SMALL = dict(num_classes=3, train_per_class=6, test_per_class=4)
 

@@ -6,7 +6,7 @@ from datasets import load_dataset
 import timm_ff.data as data_mod
 from timm_ff.data import SAMPLE_DIR, choose_pipeline, create_loaders, load_image_datasets
 from timm_ff.errors import ConfigError, DataError
-from timm_ff.tensor_data import BatchAugment, DecodedSplit, TensorLoader, decode_split, per_image_uniform
+from timm_ff.data.tensor import BatchAugment, DecodedSplit, TensorLoader, decode_split, per_image_uniform
 
 CIFAR_CONFIG = {'input_size': (3, 32, 32), 'interpolation': 'bilinear', 'mean': (0.4914, 0.4822, 0.4465),
                 'std': (0.2470, 0.2435, 0.2616), 'crop_pct': 1.0, 'crop_mode': 'center'}
@@ -160,7 +160,7 @@ def test_pipeline_choice_and_errors(sample, monkeypatch):
     assert choose_pipeline(sample, 'pil')[0] == 'pil'
     with pytest.raises(ConfigError, match="unknown data pipeline 'fast'.*auto, pil, tensor"):
         choose_pipeline(sample, 'fast')
-    monkeypatch.setattr(data_mod, 'TENSOR_MEMORY_BUDGET', 1 << 20)
+    monkeypatch.setattr('timm_ff.data.tensor.TENSOR_MEMORY_BUDGET', 1 << 20)
     with pytest.raises(DataError, match=r'need 4 MiB \(3x32x32 images.*allows 1 MiB.*--data-pipeline pil'):
         choose_pipeline(sample, 'tensor')
     name, why = choose_pipeline(sample, 'auto')

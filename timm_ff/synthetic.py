@@ -28,7 +28,7 @@ balanced and chance is 1/K. With ``label_noise`` p, each training label is repla
 by a uniformly drawn *other* class; the test labels are the teacher's. Everything is a pure function of
 the parameters (the teacher runs in float64 on the CPU), and the dataset's fingerprint is derived from
 them, so a task is generated once and cached by ``datasets`` (and its decoded form by
-:mod:`timm_ff.tensor_data`). Crop or flip augmentation changes what the teacher would say: train these
+:mod:`timm_ff.data.tensor`). Crop or flip augmentation changes what the teacher would say: train these
 tasks with ``--aug none --hflip 0``.
 """
 from __future__ import annotations

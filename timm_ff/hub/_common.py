@@ -1,17 +1,17 @@
 """What every part of :mod:`timm_ff.hub` shares: the repo's file names, source prefixes, repo ids.
 
-Also :func:`staged_files`, the one way the package writes a folder's files atomically.
+Also :func:`staged_files`, the one way the package writes a folder's files atomically, and
+:func:`hub_unavailable` (defined in :mod:`timm_ff._offline`, which :mod:`timm_ff.data` uses too).
 """
 import contextlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
+from typing import Iterator, Sequence, Tuple, Union
 
+from .._offline import hub_unavailable
 from ..errors import HubError
 
 __all__ = [
@@ -29,8 +29,6 @@ CARD_TAGS = ('image-classification', 'timm', 'forward-forward', 'timm_ff')
 LICENSE = 'apache-2.0'
 HF_HUB_PREFIX = 'hf-hub:'
 LOCAL_DIR_PREFIX = 'local-dir:'
-_PROBE_TIMEOUT_S = 3.0
-_PROXY_VARS = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
 _REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
 
 
@@ -39,26 +37,6 @@ def check_repo_id(repo_id: str) -> str:
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or '..' in repo_id:
         raise HubError(f'bad Hub repo id {repo_id!r}: expected ORG/NAME (letters, digits, ".", "-", "_")')
     return repo_id
-
-
-def hub_unavailable() -> Optional[str]:
-    """Why the Hub cannot be reached right now (offline mode, no route), or None if it may be.
-
-    A short TCP probe of ``HF_ENDPOINT`` replaces huggingface_hub's retries (~25 s per file),
-    so an unreachable Hub fails at once. With a proxy configured the probe is skipped.
-    """
-    from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:
-        return 'HF_HUB_OFFLINE=1 is set'
-    if any(os.environ.get(v) for v in _PROXY_VARS):
-        return None
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == 'https' else 80)
-    try:
-        with socket.create_connection((url.hostname or '', port), timeout=_PROBE_TIMEOUT_S):
-            return None
-    except OSError as e:
-        return f'the Hub at {constants.ENDPOINT} cannot be reached ({e})'
 
 
 def request_errors() -> Tuple[type, ...]:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
+from ..data import get_dataset_spec, list_datasets
 from ..models._hub_org import HUB_ORG
 from ._common import CARD_TAGS, CONFIG_NAME, LICENSE, WEIGHTS_NAME, PathLike
 from .integrity import _read_json, _read_model_config, read_safetensors_header, sha256_file
@@ -33,7 +34,6 @@ def _run_facts(run: Path, cfg: Dict[str, Any]) -> Tuple[Dict, Dict, Dict]:
 
 def _dataset_hub_id(recipe: Dict[str, Any]) -> Optional[str]:
     """The Hub id of the run's registered dataset, or None for a custom one."""
-    from ..data import list_datasets, get_dataset_spec
     name = recipe.get('dataset')
     return get_dataset_spec(name).hub_id if name in list_datasets() else None
 

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..data import sample_accuracy
 from ..models._hub_org import HUB_ORG
 from ._common import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, PathLike
 from .integrity import _read_json, load_model_folder, sha256_file
@@ -123,7 +124,6 @@ def build_release(runs_root: PathLike, out_dir: PathLike, org: str = HUB_ORG,
     Returns:
         The upload folders written, sorted by name.
     """
-    from ..data import sample_accuracy  # timm_ff.data imports timm_ff.hub: import it when used
     out = Path(out_dir)
     matched, missing, rejected = match_release_runs(runs_root, recipes_dir)
     folders, manifest = [], {'org': org, 'released': {}, 'missing_runs': missing, 'rejected_runs': rejected}

@@ -12,14 +12,19 @@ Randomness never depends on how the work is split: each epoch's order is a permu
 counter-based hash of ``(seed, epoch, image index)``. A run therefore augments every image the same
 way whatever the batch size, gradient accumulation, process count or resume point, which is what
 keeps ``--resume`` exact and 2-process DDP equal to 1-process training on the same global batch.
+
+:func:`choose_pipeline` decides when this path applies (small fixed-size images whose decoded
+splits fit in :data:`TENSOR_MEMORY_BUDGET`) and :func:`create_tensor_loaders` builds its train and
+eval :class:`TensorLoader` s from an :class:`~timm_ff.data.ImageData`.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import datasets
 import torch
@@ -27,10 +32,13 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import DataError, unknown_choice
+from ..errors import DataError, unknown_choice
+from .splits import ImageData
+from .transforms import _fit_channels
 
-__all__ = ['TRAIN_AUGS', 'DATA_PIPELINES', 'check_augmentation', 'DecodedSplit', 'decode_split', 'decoded_cache_dir', 'estimate_bytes',
-           'BatchAugment', 'TensorLoader', 'per_image_uniform']
+__all__ = ['TRAIN_AUGS', 'DATA_PIPELINES', 'check_augmentation', 'DecodedSplit', 'decode_split',
+           'decoded_cache_dir', 'estimate_bytes', 'BatchAugment', 'TensorLoader', 'per_image_uniform',
+           'TENSOR_MEMORY_BUDGET', 'choose_pipeline', 'create_tensor_loaders']
 
 TRAIN_AUGS = ('crop_flip', 'rrc', 'none')
 """Training augmentations: random crop of the zero-padded image (the CIFAR papers' recipe), timm-style
@@ -241,7 +249,7 @@ class BatchAugment:
         from torchvision.ops import roi_align
         B, C, H, W = x.shape
         area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])
-        lo, hi = torch.tensor(self.ratio).log().tolist()
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])  # host numbers: no device read
         ratio = torch.exp(lo + (hi - lo) * u[1])
         w = (area * ratio).sqrt().clamp(1, W)
         h = (area / ratio).sqrt().clamp(1, H)
@@ -270,7 +278,9 @@ class BatchAugment:
                 x = torch.where((u[4] < self.hflip)[:, None, None, None], x.flip(3), x)
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode='bilinear', align_corners=False, antialias=True)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once, not copied to the device for every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -332,14 +342,13 @@ class TensorLoader:
 
     def iter_from(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images float, labels int64)`` from step ``start_step`` of the current epoch."""
-        order = self._order()
+        order = self._order().to(self.device)  # one host-to-device copy per epoch, none per batch
         b, gb = self.batch_size, self.batch_size * self.world
         for step in range(start_step, len(self)):
             idx = order[step * gb + self.rank * b: step * gb + (self.rank + 1) * b]
             valid = len(idx)
             if valid < b:  # padding of the last global batch (never reached with drop_last)
-                idx = torch.cat([idx, torch.zeros(b - valid, dtype=torch.long)])
-            idx = idx.to(self.device)
+                idx = torch.cat([idx, torch.zeros(b - valid, dtype=torch.long, device=self.device)])
             x = self.transform(self.images[idx], idx, self.seed, self.epoch)
             y = self.labels[idx].clone()
             if valid < b:
@@ -352,3 +361,101 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
+
+
+TENSOR_MEMORY_BUDGET = 4 * 2 ** 30
+"""Largest decoded train+eval size (bytes) that ``--data-pipeline auto`` keeps in memory."""
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return TENSOR_MEMORY_BUDGET
+
+
+def choose_pipeline(data: ImageData, pipeline: str = 'auto', in_chans: int = 3) -> tuple[str, str]:
+    """Pick the data path: 'tensor' for small fixed-size images that fit in memory, else 'pil'.
+
+    Args:
+        data: The splits.
+        pipeline: 'auto', 'tensor' or 'pil'.
+        in_chans: Model input channels.
+
+    Returns:
+        ``(pipeline, reason)``.
+
+    Raises:
+        DataError: For an unknown pipeline, or 'tensor' asked for images that differ in size or
+            do not fit in memory (the message names the size found and the memory needed).
+    """
+    if pipeline not in DATA_PIPELINES:
+        raise unknown_choice('data pipeline', pipeline, DATA_PIPELINES)
+    if pipeline == 'pil':
+        return 'pil', 'per-image PIL decoding and timm transforms (asked for)'
+    mode = 'L' if in_chans == 1 else 'RGB'
+    try:
+        n_train, chw = estimate_bytes(data.train, data.image_column, mode)
+        n_eval, chw_eval = estimate_bytes(data.eval, data.image_column, mode)
+        if chw_eval != chw:
+            raise DataError(f'train images are {chw} but eval images are {chw_eval}; the tensor data path needs one '
+                            'image size: use --data-pipeline pil')
+    except DataError as e:
+        if pipeline == 'tensor':
+            raise
+        return 'pil', f'per-image PIL path ({e})'.replace(': use --data-pipeline pil', '')
+    need = n_train + n_eval
+    budget = min(TENSOR_MEMORY_BUDGET, _available_memory() // 2)
+    size = f'{chw[0]}x{chw[1]}x{chw[2]} images, {need / 2 ** 20:.0f} MiB decoded'
+    if need > budget:
+        if pipeline == 'tensor':
+            raise DataError(f'the decoded splits need {need / 2 ** 20:.0f} MiB ({size}) but the tensor data path '
+                            f'allows {budget / 2 ** 20:.0f} MiB here; use --data-pipeline pil')
+        return 'pil', f'per-image PIL path ({size}: more than the {budget / 2 ** 20:.0f} MiB tensor budget)'
+    return 'tensor', f'batch-tensor path ({size}, kept in memory, augmented per batch)'
+
+
+def create_tensor_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_batch_size: int,
+                          in_chans: int = 3, seed: int = 0, drop_last: bool = True, aug: str = 'crop_flip',
+                          crop_padding: int = 4, hflip: float = 0.5, scale: tuple = (0.08, 1.0),
+                          device: Any = None, process_index: int = 0, num_processes: int = 1,
+                          channels_last: bool = False, cache: bool = True) -> tuple[TensorLoader, TensorLoader]:
+    """Train and eval :class:`TensorLoader` s over the decoded splits.
+
+    Args:
+        data: Splits from :func:`load_image_datasets`.
+        data_config: Output of ``timm.data.resolve_data_config(model=model)`` (input size, mean, std).
+        batch_size: Training batch size per process.
+        eval_batch_size: Eval batch size per process.
+        in_chans: Model input channels (1: images converted to 'L', 3: 'RGB').
+        seed: Seeds the epoch permutations and augmentation draws.
+        drop_last: Drop the last incomplete training batch.
+        aug: Training augmentation, one of :data:`TRAIN_AUGS`.
+        crop_padding: Zero padding (pixels) of 'crop_flip'.
+        hflip: Horizontal flip probability.
+        scale: Area range of 'rrc'.
+        device: Device holding the images and making the batches.
+        process_index: This process's rank.
+        num_processes: Processes sharing the data.
+        channels_last: Return channels_last batches.
+        cache: Use the on-disk decoded cache.
+
+    Returns:
+        ``(train_loader, eval_loader)``; each ``loader.cache_note`` says how its split was decoded.
+    """
+    if in_chans not in (1, 3):
+        raise DataError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+    mode = 'L' if in_chans == 1 else 'RGB'
+    size = tuple(data_config['input_size'][-2:])
+    mean = _fit_channels(data_config.get('mean', (0.5,)), in_chans, 'mean')
+    std = _fit_channels(data_config.get('std', (0.5,)), in_chans, 'std')
+    common = dict(seed=seed, process_index=process_index, num_processes=num_processes, device=device)
+    train_tf = BatchAugment(size, mean, std, train=True, aug=aug, padding=crop_padding, hflip=hflip, scale=scale,
+                            channels_last=channels_last)
+    eval_tf = BatchAugment(size, mean, std, train=False, channels_last=channels_last)
+    train_split = decode_split(data.train, data.image_column, data.label_column, mode, cache=cache)
+    eval_split = decode_split(data.eval, data.image_column, data.label_column, mode, cache=cache)
+    train = TensorLoader(train_split, batch_size, train_tf, shuffle=True, drop_last=drop_last, **common)
+    evals = TensorLoader(eval_split, eval_batch_size, eval_tf, shuffle=False, drop_last=False, **common)
+    train.cache_note, evals.cache_note = train_split.cache_note, eval_split.cache_note
+    return train, evals
