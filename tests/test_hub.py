@@ -369,6 +369,48 @@ def test_offline_download_fails_at_once_naming_the_alternative(call):
     assert repo in msg and 'HF_HUB_OFFLINE=1' in msg and all(h in msg for h in OFFLINE_HINTS), msg
 
 
+UNPUBLISHED_TAG = 'dtgff_resnet18.cifar10'  # a tag with a recipe but no released weights
+
+
+def assert_one_line_tag_error(msg: str, tag: str, reason: str):
+    """The pretrained-tag error: one line naming the tag, why, the released tags and the local way out."""
+    assert '\n' not in msg, msg
+    assert f"pretrained tag '{tag}'" in msg and reason in msg, msg
+    assert 'local-dir:' in msg and "pretrained_cfg_overlay=dict(file=" in msg, msg
+    released = [p.name for p in sorted((REPO / 'release').glob('*.*')) if p.is_dir()]
+    assert released and all(name in msg for name in released), msg
+
+
+@pytest.mark.parametrize('load', ['timm', 'create_pretrained'])
+@pytest.mark.parametrize('tag', [UNPUBLISHED_TAG, 'dtgff_cnn_s.cifar10'])
+def test_offline_pretrained_tag_is_one_hub_error_naming_the_released_tags(load, tag):
+    """Plain ``timm.create_model(tag, pretrained=True)`` (this process is offline) says what create_pretrained says."""
+    create = {'timm': lambda: timm.create_model(tag, pretrained=True),
+              'create_pretrained': lambda: hub.create_pretrained(tag)}[load]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as info:  # what a timm user catches; HubError derives from it
+        create()
+    assert time.monotonic() - start < 10
+    assert isinstance(info.value, HubError), repr(info.value)
+    assert_one_line_tag_error(str(info.value), tag, 'HF_HUB_OFFLINE=1 is set and the file is not in the cache')
+    assert f'{timm_ff.HUB_ORG}/{tag}' in str(info.value)
+
+
+def test_released_tags_constant_matches_the_release_folder():
+    from timm_ff.models._hub_org import RELEASED_TAGS
+    manifest = json.loads((REPO / 'release' / 'release.json').read_text())
+    assert sorted(RELEASED_TAGS) == sorted(manifest['released']) == [p.name for p in RELEASES]
+    assert all(name in timm.list_pretrained() for name in RELEASED_TAGS)
+
+
+def test_pretrained_weights_from_a_file_keep_their_own_error(tmp_path):
+    """Only a failed Hub download becomes the tag HubError; a missing local file stays timm's error."""
+    with pytest.raises(Exception) as info:
+        timm.create_model('dtgff_cnn_s.cifar10', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / 'missing.safetensors')))
+    assert not isinstance(info.value, HubError), repr(info.value)
+
+
 def test_unreachable_hub_fails_at_once(trained_run, tmp_path):
     """Not offline, but nothing listens at HF_ENDPOINT: no 25-46 s of retries."""
     code = f'''
@@ -611,6 +653,25 @@ def test_release_folder_holds_the_four_cpu_checkpoints():
         assert manifest['released'][folder.name]['sha256'] == hub.sha256_file(folder / 'model.safetensors')
         card = (folder / 'README.md').read_text()
         assert '/work/' not in card and '/tmp/' not in card and '/root/' not in card  # no local paths
+
+
+def test_unpublished_tag_on_the_hub_is_one_hub_error(local_hub, tmp_path):
+    """Online, a tag whose repo the Hub does not have fails through plain timm with the same one line."""
+    code = f'''
+import json
+import timm, timm_ff
+try:
+    timm.create_model('{UNPUBLISHED_TAG}', pretrained=True)
+except RuntimeError as e:
+    print(json.dumps(dict(type=type(e).__name__, hub_error=isinstance(e, timm_ff.HubError), msg=str(e))))
+'''
+    env = local_hub.env(tmp_path / 'hf_home', TIMM_FF_HUB_ORG='emptyorg')
+    proc = run_py(code, env=env, timeout=120)
+    assert_ok(proc)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res['hub_error'], res
+    assert_one_line_tag_error(res['msg'], UNPUBLISHED_TAG, 'the repo does not exist at')
+    assert f'emptyorg/{UNPUBLISHED_TAG}' in res['msg'] and local_hub.endpoint in res['msg'], res['msg']
 
 
 @pytest.mark.timeout(600)

@@ -31,14 +31,69 @@ def _split_hub_source(source: str) -> Tuple[str, Optional[str]]:
     return check_repo_id(repo_id), revision or None
 
 
-def _offline_message(repo_id: str, filename: str, reason: str) -> str:
-    """The one message every failed download gives: what failed and the local alternatives."""
-    return (f'cannot download {filename} of Hub repo {repo_id!r}: {reason}. Use a local copy instead: '
-            "timm.create_model('local-dir:PATH', pretrained=True) or timm_ff.hub.load_model_folder(PATH) for "
-            'a folder holding model.safetensors + config.json; for a pretrained tag, '
-            'timm.create_model(NAME, pretrained=True, '
+def _local_alternatives(tag: Optional[str] = None) -> str:
+    """How to load weights without the Hub (the end of every failed-download message)."""
+    return ("Use a local copy instead: timm.create_model('local-dir:PATH', pretrained=True) or "
+            'timm_ff.hub.load_model_folder(PATH) for a folder holding model.safetensors + config.json; for a '
+            f"pretrained tag, timm.create_model({repr(tag) if tag else 'NAME'}, pretrained=True, "
             "pretrained_cfg_overlay=dict(file='PATH/model.safetensors')); "
             'for train_ff.py, --initial-checkpoint PATH or -c PATH/recipe.yaml')
+
+
+def _offline_message(repo_id: str, filename: str, reason: str) -> str:
+    """The one message every failed download gives: what failed and the local alternatives."""
+    return f'cannot download {filename} of Hub repo {repo_id!r}: {reason}. {_local_alternatives()}'
+
+
+def pretrained_tag_message(tag: str, repo_id: str, reason: str) -> str:
+    """The one line a pretrained tag whose weights cannot be had gives (plain timm and ``create_pretrained``).
+
+    Names the tag, its Hub repo and why, the tags whose weights are released
+    (:data:`~timm_ff.models._hub_org.RELEASED_TAGS`) and the local alternatives.
+    """
+    from ..models._hub_org import RELEASED_TAGS
+    return (f'no weights for pretrained tag {tag!r}: cannot download {WEIGHTS_NAME} of Hub repo {repo_id!r}: '
+            f"{reason}. Weights are released only for {', '.join(RELEASED_TAGS)} (each in release/<tag>/ of the "
+            f'timm_ff repository). {_local_alternatives(tag)}')
+
+
+def _one_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's text (huggingface_hub's span several)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def _why_not_downloaded(e: BaseException) -> str:
+    """Why huggingface_hub could not give a file, in a few words on one line."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        if constants.HF_HUB_OFFLINE:
+            return 'HF_HUB_OFFLINE=1 is set and the file is not in the cache'
+        return f'the Hub at {constants.ENDPOINT} could not be reached and the file is not in the cache'
+    if isinstance(e, RepositoryNotFoundError):
+        return (f'the repo does not exist at {constants.ENDPOINT} (these weights are not published there, or the '
+                'repo is private and you are not logged in)')
+    if isinstance(e, RevisionNotFoundError):
+        return 'the repo has no such revision'
+    if isinstance(e, EntryNotFoundError):
+        return 'the repo holds no weights file'
+    return f'the download failed ({_one_line(e)})'
+
+
+def pretrained_load_error(name: str, repo_id: str, e: BaseException, tag: bool) -> HubError:
+    """The :class:`HubError` for timm's Hub load of pretrained weights failing with ``e`` (one line).
+
+    Args:
+        name: The model's ``arch.tag`` (``tag=True``) or its ``hf-hub:`` name.
+        repo_id: The Hub repo the weights come from.
+        e: What timm's loader (huggingface_hub) raised.
+        tag: Whether ``name`` is a registered pretrained tag (the message then names the released tags).
+    """
+    reason = _why_not_downloaded(e)
+    if tag:
+        return HubError(pretrained_tag_message(name, repo_id, reason))
+    return HubError(_offline_message(repo_id, 'the weights', reason))
 
 
 def _download(repo_id: str, filename: str, revision: Optional[str], reason: Optional[str]) -> Path:
@@ -126,6 +181,14 @@ def _tag_hub_id(name: str, kwargs: Dict[str, Any]) -> Optional[str]:
     return getattr(cfg, 'hf_hub_id', None) or None
 
 
+def _tag_name(name: str) -> str:
+    """``'arch.tag'`` of a pretrained tag name, with timm's default tag when ``name`` has none."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+    arch, tag = split_model_name_tag(name)
+    cfg = get_pretrained_cfg(f'{arch}.{tag}' if tag else arch, allow_unregistered=True)
+    return f'{arch}.{cfg.tag}' if cfg is not None and cfg.tag else name
+
+
 def _local_fallback(name: str, kwargs: Dict[str, Any], reason: str) -> Tuple[str, Dict[str, Any]]:
     """Point ``create_model`` at cached files when the Hub cannot be reached (HubError if none)."""
     if name.startswith(HF_HUB_PREFIX):
@@ -134,7 +197,11 @@ def _local_fallback(name: str, kwargs: Dict[str, Any], reason: str) -> Tuple[str
         weights = _download(repo_id, WEIGHTS_NAME, revision, reason)
         return f'{LOCAL_DIR_PREFIX}{weights.parent}', kwargs
     repo_id, revision = _split_hub_source(_tag_hub_id(name, kwargs) or '')
-    weights = _download(repo_id, WEIGHTS_NAME, revision, reason)
+    try:
+        weights = _download(repo_id, WEIGHTS_NAME, revision, reason)
+    except HubError as e:  # the same line plain timm.create_model(tag, pretrained=True) gives
+        why = f'{reason} and the file is not in the cache'
+        raise HubError(pretrained_tag_message(_tag_name(name), repo_id, why)) from e
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights))
     return name, dict(kwargs, pretrained_cfg_overlay=overlay)
 
