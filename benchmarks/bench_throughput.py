@@ -11,9 +11,17 @@ no model), and ``overhead`` runs the same ``dtg`` summed step as a hand-written 
 same model and batches, alternated with the trainer in one process (median of 3 rounds each), so
 ``bare / trainer`` is the trainer's overhead. Results go to
 ``benchmarks/results/<name>.json`` and a PNG bar chart next to it.
+
+``--compare REV`` measures a before/after pair in one run: the trainer and data-path configurations
+run once with this checkout's ``timm_ff`` and once with REV's (exported by ``git archive`` and put
+first on ``PYTHONPATH``), alternating config by config so both see the same machine state;
+``ratios['<model>']['head_over_ref']`` gives this checkout's img/s over REV's for each configuration.
+
+    python benchmarks/bench_throughput.py --compare fd41cd1 --name throughput_hot_loop_cpu
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -78,7 +86,8 @@ def run_one(cfg: dict) -> dict:
     acc, model, train, source = _setup(cfg['model'], cfg['batch_size'], cfg['data_dir'], cfg['mixed_precision'],
                                        cfg['channels_last'])
     warm, steps, b = cfg['warmup'], cfg['steps'], cfg['batch_size']
-    out = dict(cfg, data_source=source, device=str(acc.device))
+    import timm_ff
+    out = dict(cfg, data_source=source, device=str(acc.device), timm_ff_from=str(Path(timm_ff.__file__).parent))
     if cfg['kind'] == 'data':
         it = _cycle(train)
         for _ in range(warm):
@@ -136,7 +145,7 @@ def run_one(cfg: dict) -> dict:
     return dict(out, **_cuda_peak(acc.device))
 
 
-def warm_trainer(acc, model, train, objective: str, mode: str, warmup: int, tmp: str):
+def warm_trainer(acc, model, train, objective: str, mode: str, warmup: int, tmp: str, micro_batches=None):
     """The real :class:`LocalTrainer` on ``train`` after ``warmup`` untimed optimiser steps; returns it and its optimiser."""
     from timm.optim import create_optimizer_v2
 
@@ -146,7 +155,7 @@ def warm_trainer(acc, model, train, objective: str, mode: str, warmup: int, tmp:
     trainer = LocalTrainer(accelerator=acc, model=model, objective=timm_ff.create_objective(objective),
                            optimizer=opt, scheduler=None, train_loader=train, eval_loader=train, epochs=1,
                            output_dir=Path(tmp), local_backward=mode, max_train_steps=warmup,
-                           log_every=10 ** 9, progress=False)
+                           log_every=10 ** 9, progress=False, **({'micro_batches': micro_batches} if micro_batches else {}))
     trainer.train_epoch(0)
     return trainer, opt
 
@@ -185,6 +194,8 @@ def main():
     p.add_argument('--compile', action='store_true')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--name', default='throughput_cpu')
+    p.add_argument('--compare', default='', metavar='REV',
+                   help="also run every trainer and data-path configuration on git revision REV's timm_ff, alternated")
     p.add_argument('--one', default='', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -195,6 +206,7 @@ def main():
     rows = []
     tmp = REPO / 'benchmarks/runs/throughput'
     tmp.mkdir(parents=True, exist_ok=True)
+    ref = export_revision(args.compare, tmp) if args.compare else None
     for model in args.models:
         small = 'cnn' in model or 'mlp' in model
         base = dict(model=model, batch_size=args.batch_size, data_dir=data_dir, mixed_precision=args.mixed_precision,
@@ -202,31 +214,66 @@ def main():
                     warmup=args.warmup[0 if small else 1], steps=args.steps[0 if small else 1])
         configs = [dict(base, kind='data', warmup=5, steps=200 if small else 100)]
         configs += [dict(base, kind='trainer', objective=o, mode=m) for o, m in TRAIN_CONFIGS]
-        configs += [dict(base, kind='overhead', objective='dtg', mode='summed')]
+        if ref is None:
+            configs += [dict(base, kind='overhead', objective='dtg', mode='summed')]
+        else:  # each configuration on REV's code right after this checkout's
+            configs = [dict(c, code=code) for c in configs for code in ('head', 'ref')]
         for cfg in configs:
             cmd = [sys.executable, __file__, '--one', json.dumps(cfg)]
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ref['path']), os.environ.get('PYTHONPATH', '')])) \
+                if cfg.get('code') == 'ref' else None
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
             row = json.loads(line[-1][7:]) if proc.returncode == 0 and line else dict(
                 cfg, failed=True, error=proc.stderr.strip().splitlines()[-1:] or ['no output'])
             row.pop('tmp', None)
             rows.append(row)
             label = {'trainer': f"{row.get('objective')} {row.get('mode')}", 'overhead': 'bare loop'}.get(row['kind'], row['kind'])
+            label += f" [{row['code']}]" if 'code' in row else ''
             print(f"{model:16s} {label:18s} " + (f"{row['img_per_s']:8.1f} img/s" if 'img_per_s' in row else 'FAILED'),
                   flush=True)
     result = dict(prov, batch_size=args.batch_size, mixed_precision=args.mixed_precision, compile=args.compile,
                   channels_last=args.channels_last, rows=rows, ratios=ratios(rows))
+    if ref is not None:
+        result['compare'] = dict(ref=ref['commit'], head=prov['git_commit'], git_dirty=prov['git_dirty'])
+        for model, r in result['ratios'].items():
+            r['head_over_ref'] = head_over_ref(rows, model)
     path = write_result(args.name, result)
     print(json.dumps(result['ratios'], indent=2))
     plot(rows, path.with_suffix('.png'), f"{prov['machine'].get('gpu', prov['machine']['cpu'])}, batch {args.batch_size}")
     print(f'-> {path}')
 
 
-def _get(rows, model, kind, objective=None, mode=None):
+def export_revision(rev: str, tmp: Path) -> dict:
+    """``git archive`` of revision ``rev`` into ``tmp/ref-<commit>`` (reused if there); its path and full commit."""
+    commit = subprocess.run(['git', 'rev-parse', '--verify', f'{rev}^{{commit}}'], cwd=REPO, capture_output=True,
+                            text=True)
+    if commit.returncode:
+        raise SystemExit(f'--compare {rev!r} is not a git revision of this repository')
+    commit = commit.stdout.strip()
+    path = tmp / f'ref-{commit[:12]}'
+    if not (path / 'timm_ff' / '__init__.py').is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(['git', 'archive', commit, 'timm_ff'], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(['tar', '-x', '-C', str(path)], input=archive.stdout, check=True)
+    return dict(path=path, commit=commit)
+
+
+def _get(rows, model, kind, objective=None, mode=None, code='head'):
     for r in rows:
-        if r['model'] == model and r['kind'] == kind and r.get('objective') == objective and r.get('mode') == mode:
+        if r['model'] == model and r['kind'] == kind and r.get('objective') == objective and r.get('mode') == mode \
+                and r.get('code', 'head') == code:
             return r.get('img_per_s')
     return None
+
+
+def head_over_ref(rows, model) -> dict:
+    """This checkout's img/s over the compared revision's, per configuration of ``model``."""
+    out = {}
+    for kind, objective, mode in [('data', None, None)] + [('trainer', o, m) for o, m in TRAIN_CONFIGS]:
+        head, ref = _get(rows, model, kind, objective, mode), _get(rows, model, kind, objective, mode, 'ref')
+        out[kind if kind == 'data' else f'{objective} {mode}'] = head / ref if head and ref else None
+    return out
 
 
 def ratios(rows) -> dict:
@@ -256,8 +303,10 @@ def plot(rows, path: Path, title: str):
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         sel = [r for r in rows if r['model'] == model and r['kind'] != 'data' and 'img_per_s' in r]
-        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'overhead' else f"{r['objective']}\n{r['mode']}" for r in sel]
-        colors = ['#888888' if r['kind'] == 'overhead' else '#2a7ab9' if r['objective'] == 'dtg' else '#d9822b' for r in sel]
+        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'overhead' else f"{r['objective']}\n{r['mode']}"
+                  + (f"\n{r['code']}" if 'code' in r else '') for r in sel]
+        colors = ['#888888' if r['kind'] == 'overhead' or r.get('code') == 'ref' else '#2a7ab9' if r['objective'] == 'dtg'
+                  else '#d9822b' for r in sel]
         bars = ax.bar(labels, [r['img_per_s'] for r in sel], color=colors)
         ax.bar_label(bars, fmt='%.0f', fontsize=8)
         data = _get(rows, model, 'data')

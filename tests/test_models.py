@@ -219,7 +219,7 @@ def test_ff_switch(model_name, key, value):
     y = torch.arange(4) % model.num_classes
     task = LocalTask(model.local_units(), objective, model.num_classes, fusion=model.fusion)
     result = task.step(x, y, backward=lambda loss: loss.backward())
-    assert torch.isfinite(torch.tensor(result.loss))
+    assert torch.isfinite(result.loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.eval()
     with torch.no_grad():

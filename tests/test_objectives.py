@@ -6,6 +6,7 @@ The BP baselines (``bp``, ``bp_deepsup``) are the opposite: gradients reach unit
 unit's loss.
 """
 import copy
+import math
 
 import pytest
 import timm
@@ -81,8 +82,9 @@ def test_objective_step_finite(objective, model_name):
     n = len(model.local_units())
     assert calls == 1  # summed: one backward
     assert len(result.unit_losses) == (1 if objective == 'bp' else n)
-    assert all(torch.isfinite(torch.tensor(v)) for v in result.unit_losses)
-    assert torch.isfinite(torch.tensor(result.loss)) and result.loss > 0
+    host = result.read()  # the losses stay on the device until read
+    assert all(math.isfinite(v) for v in host.unit_losses)
+    assert math.isfinite(host.loss) and host.loss > 0
     has_logits = obj.unit_logits(torch.zeros(1)) is not None
     learned_fusion = any(p.requires_grad for p in model.fusion.parameters())
     assert (result.fusion_loss is not None) == (has_logits and learned_fusion)
@@ -126,9 +128,9 @@ def test_objective_learns(objective):
     for _ in range(25):
         result, _ = _step(model, obj, x, y, seed=0)  # same seed: the same FF negatives every step
         opt.step()
-        losses.append(sum(result.unit_losses))  # the units' own losses (fusion loss excluded)
+        losses.append(sum(result.read().unit_losses))  # the units' own losses (fusion loss excluded)
     start, end = losses[0], sum(losses[-3:]) / 3
-    assert all(torch.isfinite(torch.tensor(v)) for v in losses)
+    assert all(math.isfinite(v) for v in losses)
     assert end < 0.8 * start, f'loss did not fall: {start:.4f} -> {end:.4f}'
 
 
@@ -189,7 +191,7 @@ def test_summed_and_per_unit_agree(objective, model_name):
     ra, calls_a = _step(a, obj, x, y, mode='summed')
     rb, calls_b = _step(b, obj, x, y, mode='per_unit')
     assert calls_a == 1 and calls_b >= len(a.local_units())
-    assert ra.unit_losses == pytest.approx(rb.unit_losses, rel=1e-6)
+    assert ra.read().unit_losses == pytest.approx(rb.read().unit_losses, rel=1e-6)
     ga, gb = _grads(a), _grads(b)
     assert ga.keys() == gb.keys()
     for name in ga:
@@ -291,7 +293,7 @@ def test_ff_symba_loss_values_and_learning():
     for _ in range(20):
         result, _ = _step(model, obj, x, y, seed=0)
         opt.step()
-        losses.append(sum(result.unit_losses))
+        losses.append(sum(result.read().unit_losses))
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
     with pytest.raises(ConfigError, match="unknown ff loss 'hinge'; allowed: symba, threshold"):
         create_objective('ff', loss='hinge')

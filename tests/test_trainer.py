@@ -136,7 +136,7 @@ def test_compile_and_channels_last_match_eager(mode):
             assert compile_units(model.local_units()) == ''
         task = LocalTask(model.local_units(), timm_ff.create_objective('dtg'), 10, fusion=model.fusion, mode=mode)
         res = task.step(xx, y, lambda loss: loss.backward())
-        grads.append(([p.grad.clone() for p in model.parameters() if p.grad is not None], res.unit_losses))
+        grads.append(([p.grad.clone() for p in model.parameters() if p.grad is not None], res.read().unit_losses))
         if fast:
             with torch.no_grad():
                 assert torch.allclose(model.eval()(xx), eager_model.eval()(x), atol=1e-4)

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .data import set_augmentation_epoch
 from .errors import CheckpointError, TrainingError
-from .task import LocalTask
-from .tensor_data import TensorLoader
+from .task import LocalTask, check_micro_batch_size
+from .data.tensor import TensorLoader
 
 __all__ = ['JSONLinesTracker', 'TrainState', 'LocalTrainer', 'find_checkpoint', 'write_json_atomic', 'compile_units',
            'to_channels_last']
@@ -165,6 +165,7 @@ class LocalTrainer:
             seed: int = 0,
             progress: bool = True,
             fusion_check_loader=None,
+            micro_batches: Optional[Dict[int, int]] = None,
     ):
         """
         Args:
@@ -189,21 +190,13 @@ class LocalTrainer:
                 last epoch the fusion is checked on them against every fused unit alone and the mean
                 of every run of consecutive units, and the most accurate is kept (see :meth:`check_fusion`), so
                 the fused prediction never trails a unit it could have chosen.
+            micro_batches: ``{unit: chunks}``: micro-batch those units inside each step (see
+                :class:`~timm_ff.task.LocalTask`; ``per_unit`` mode).
         """
-        self.acc = accelerator
-        self.model = model
-        self.objective = objective
-        self.epochs = epochs
-        self.output_dir = Path(output_dir)
-        self.clip_grad = clip_grad
-        self.checkpoint_steps = checkpoint_steps
-        self.keep_checkpoints = max(1, keep_checkpoints)
-        self.log_every = max(1, log_every)
-        self.max_train_steps = max_train_steps
-        self.seed = seed
-        self.progress = progress
+        self._set_run_options(accelerator, model, objective, epochs=epochs, output_dir=output_dir, clip_grad=clip_grad,
+                              checkpoint_steps=checkpoint_steps, keep_checkpoints=keep_checkpoints,
+                              log_every=log_every, max_train_steps=max_train_steps, seed=seed, progress=progress)
         self.scheduler = scheduler
-        self.state = TrainState()
 
         model.to(accelerator.device)
         units = model.local_units()
@@ -219,16 +212,39 @@ class LocalTrainer:
         rest = iter(prepared[n + 1:])
         self.train_loader, self.eval_loader = (ld if isinstance(ld, TensorLoader) else next(rest)
                                                for ld in (train_loader, eval_loader))
-        self._last_finite: List[Optional[float]] = []
         self.fusion_check_loader = fusion_check_loader
         if fusion_check_loader is not None and not isinstance(fusion_check_loader, TensorLoader):
             self.fusion_check_loader = accelerator.prepare(fusion_check_loader)
         self.augment_source = train_loader
         self.task = LocalTask(self.units, objective, model.num_classes,
-                              fusion=self.train_modules[-1] if fusion is not None else None, mode=local_backward)
+                              fusion=self.train_modules[-1] if fusion is not None else None, mode=local_backward,
+                              micro_batches=micro_batches)
+        check_micro_batch_size(self.task.micro_batches, getattr(train_loader, 'batch_size', None) or 1)
         accelerator.register_for_checkpointing(self.state)
         if scheduler is not None:
             accelerator.register_for_checkpointing(scheduler)
+
+    def _set_run_options(self, accelerator, model, objective, *, epochs: int, output_dir: Path,
+                         clip_grad: Optional[float] = None, checkpoint_steps: int = 0, keep_checkpoints: int = 2,
+                         log_every: int = 20, max_train_steps: int = 0, seed: int = 0, progress: bool = True):
+        """The settings of a run (see ``__init__``), shared with :class:`timm_ff.pipeline.PipelineTrainer`."""
+        self.acc = accelerator
+        self.model = model
+        self.objective = objective
+        self.epochs = epochs
+        self.output_dir = Path(output_dir)
+        self.clip_grad = clip_grad
+        self.checkpoint_steps = checkpoint_steps
+        self.keep_checkpoints = max(1, keep_checkpoints)
+        self.log_every = max(1, log_every)
+        self.max_train_steps = max_train_steps
+        self.seed = seed
+        self.progress = progress
+        self.state = TrainState()
+        self.rng_rank = accelerator.process_index  # whose data shard a step's random draws belong to
+        self.first_unit = 0  # index of the first unit this process trains (a pipeline stage's first)
+        self._last_finite: Optional[torch.Tensor] = None  # (L,) last finite losses, on the device
+        self._pending: List = []  # the current optimiser step's micro-step losses
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self):
@@ -276,33 +292,84 @@ class LocalTrainer:
         uninterrupted one exactly.
         """
         devices = [self.acc.device] if self.acc.device.type == 'cuda' else []
-        step_seed = hash((self.seed, epoch, self.state.step_in_epoch, self.acc.process_index)) & 0x7FFF_FFFF
+        step_seed = hash((self.seed, epoch, self.state.step_in_epoch, self.rng_rank)) & 0x7FFF_FFFF
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(step_seed)
             yield
 
-    def _check_finite(self, result, epoch: int):
-        """Stop at once when a unit's loss is NaN/inf, before the optimiser applies it.
+    def _check_finite(self, losses: torch.Tensor, num_unit_losses: int, epoch: int,
+                      host: Optional[List[List[float]]] = None):
+        """Stop at once when a loss of this optimiser step is NaN/inf, before the optimiser applies it.
 
-        The last checkpoint on disk is the last good state: nothing is saved after this point.
+        Args:
+            losses: (micro-steps, L) device tensor: each micro-step's unit losses, then the fusion's.
+            num_unit_losses: How many of the L are unit losses.
+            epoch: For the message.
+            host: ``losses`` already read to the host (a logging step), or None.
+
+        Without ``host`` the check is one fused ``isfinite`` over every loss on the device and one
+        read of its verdict: the step's only host synchronisation. The last finite value of each
+        loss stays on the device for the message. The last checkpoint on disk is the last good
+        state: nothing is saved after this point.
         """
-        losses = list(result.unit_losses) + ([result.fusion_loss] if result.fusion_loss is not None else [])
-        if len(self._last_finite) != len(losses):
-            self._last_finite = [None] * len(losses)
-        for u, v in enumerate(losses):
-            if not math.isfinite(v):
-                what = 'the fusion weights' if u >= len(result.unit_losses) else f'unit {u}'
-                last = self._last_finite[u]
-                ckpt = sorted((self.output_dir / CHECKPOINT_DIR).glob('step_*'))
-                raise TrainingError(
-                    f'the loss of {what} became {v} at epoch {epoch}, step {self.state.global_step + 1} '
-                    f"(last finite loss: {'none yet' if last is None else f'{last:.6g}'}); training stopped "
-                    f"before applying it; last good checkpoint: {ckpt[-1] if ckpt else 'none saved yet'} "
-                    '(lower --lr, set --clip-grad or use --mixed-precision no)')
-            self._last_finite[u] = v
+        finite = torch.isfinite(losses)
+        ok = all(math.isfinite(v) for row in host for v in row) if host is not None else bool(finite.all())
+        if self._last_finite is None or self._last_finite.shape != losses.shape[1:]:
+            self._last_finite = torch.full(losses.shape[1:], float('nan'), device=losses.device)
+        if not ok:  # the failure path may read as much as it likes
+            micro, u = (~finite).nonzero()[0].tolist()
+            history = torch.cat([self._last_finite[None], losses[:micro]])
+            last = history[:, u][torch.isfinite(history[:, u])]
+            last = last[-1].item() if len(last) else None
+            what = 'the fusion weights' if u >= num_unit_losses else f'unit {u + self.first_unit}'
+            ckpt = sorted((self.output_dir / CHECKPOINT_DIR).glob('step_*'))
+            raise TrainingError(
+                f'the loss of {what} became {losses[micro, u].item()} at epoch {epoch}, step {self.state.global_step + 1} '
+                f"(last finite loss: {'none yet' if last is None else f'{last:.6g}'}); training stopped "
+                f"before applying it; last good checkpoint: {ckpt[-1] if ckpt else 'none saved yet'} "
+                '(lower --lr, set --clip-grad or use --mixed-precision no)')
+        self._last_finite = losses[-1]
 
     def _done(self) -> bool:
         return bool(self.max_train_steps) and self.state.global_step >= self.max_train_steps
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, bar):
+        """One micro-step (forward, backward) and, at an accumulation boundary, the optimiser step.
+
+        Host synchronisations: one per optimiser step (the finite check's verdict, or on a logging
+        step the losses themselves, which the check then reads on the host), none on the other
+        micro-steps. Returns the micro-step's :class:`~timm_ff.task.StepResult` (device tensors).
+        """
+        host = None
+        with self.acc.accumulate(*self.train_modules), self._step_rng(epoch):
+            result = self.task.step(x, y, self.acc.backward, self.acc.autocast)
+            self._pending.append(result.losses())
+            if self.acc.sync_gradients:
+                losses = torch.stack(self._pending)
+                self._pending = []
+                if (self.state.global_step + 1) % self.log_every == 0:
+                    host = losses.tolist()
+                self._check_finite(losses, len(result.unit_losses), epoch, host=host)
+                self._clip()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.state.step_in_epoch += 1
+        bar.update(1)
+        if self.acc.sync_gradients:
+            self.state.global_step += 1
+            if self.scheduler is not None:
+                self.scheduler.step_update(num_updates=self.state.global_step)
+            if host is not None:
+                n = len(result.unit_losses)
+                logs = {'train/loss': sum(host[-1]), 'lr': self.optimizer.param_groups[0]['lr']}
+                logs.update({f'train/unit{u}_loss': v for u, v in enumerate(host[-1][:n])})
+                if len(host[-1]) > n:
+                    logs['train/fusion_loss'] = host[-1][n]
+                self.acc.log(logs, step=self.state.global_step)
+                bar.set_postfix(loss=f'{sum(host[-1]):.3f}')
+            if self.checkpoint_steps and self.state.global_step % self.checkpoint_steps == 0:
+                self.save_checkpoint()
+        return result
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         self.model.train()
@@ -316,35 +383,17 @@ class LocalTrainer:
         bar = tqdm(total=len(self.train_loader), initial=self.state.step_in_epoch, desc=f'epoch {epoch}',
                    disable=not (self.progress and self.acc.is_local_main_process), leave=False)
         seen, t0, last = 0, time.perf_counter(), None
+        self._pending = []
         for x, y in loader:
-            with self.acc.accumulate(*self.train_modules), self._step_rng(epoch):
-                last = self.task.step(x, y, self.acc.backward, self.acc.autocast)
-                self._check_finite(last, epoch)
-                if self.acc.sync_gradients:
-                    self._clip()
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.state.step_in_epoch += 1
+            last = self._train_step(x, y, epoch, bar)
             seen += x.shape[0] * self.acc.num_processes
-            bar.update(1)
-            if self.acc.sync_gradients:
-                self.state.global_step += 1
-                if self.scheduler is not None:
-                    self.scheduler.step_update(num_updates=self.state.global_step)
-                if self.state.global_step % self.log_every == 0:
-                    logs = {'train/loss': last.loss, 'lr': self.optimizer.param_groups[0]['lr']}
-                    logs.update({f'train/unit{u}_loss': v for u, v in enumerate(last.unit_losses)})
-                    self.acc.log(logs, step=self.state.global_step)
-                    bar.set_postfix(loss=f'{last.loss:.3f}')
-                if self.checkpoint_steps and self.state.global_step % self.checkpoint_steps == 0:
-                    self.save_checkpoint()
-                if self._done():
-                    break
+            if self.acc.sync_gradients and self._done():
+                break
         bar.close()
         dt = time.perf_counter() - t0
         if self.scheduler is not None and self.state.step_in_epoch >= len(self.train_loader):
             self.scheduler.step(epoch + 1)
-        return dict(train_time_s=dt, train_images=seen, train_loss=last.loss if last else float('nan'))
+        return dict(train_time_s=dt, train_images=seen, train_loss=last.loss.item() if last else float('nan'))
 
     @torch.no_grad()
     def check_fusion(self) -> Optional[Dict]:
@@ -359,26 +408,38 @@ class LocalTrainer:
         fusion = self.model.fusion
         if self.fusion_check_loader is None or len(fusion.fused_units) < 2:
             return None
+        logits, labels = self._fusion_check_logits()
+        return self._choose_fusion(logits, labels)
+
+    @torch.no_grad()
+    def _fusion_check_logits(self):
+        """Every unit's logits on the fusion check images (gathered over processes) and their labels."""
         self.model.eval()
-        logits, labels = None, []
-        for x, y in self.fusion_check_loader:
+        logits, labels = [], []
+        for x, y in self.fusion_check_loader:  # everything stays on the device until the scores are read
             with self.acc.autocast():
                 unit_logits = [z.float() for z in self.model.forward_unit_logits(x)]
             unit_logits, y = self.acc.gather_for_metrics((unit_logits, y))
-            keep = y >= 0  # the tensor loader pads its last batch with label -1 rows
-            logits = [[z[keep].cpu()] for z in unit_logits] if logits is None else \
-                [acc + [z[keep].cpu()] for acc, z in zip(logits, unit_logits)]
-            labels.append(y[keep].cpu())
-        logits, labels = [torch.cat(z) for z in logits], torch.cat(labels)
+            logits.append(unit_logits)
+            labels.append(y)
+        return [torch.cat(z) for z in zip(*logits)], torch.cat(labels)
+
+    def _choose_fusion(self, logits: List[torch.Tensor], labels: torch.Tensor) -> Dict:
+        """Score the candidates on ``logits`` (one (N, K) tensor per unit) and keep the best in the fusion."""
+        fusion = self.model.fusion
+        keep = labels >= 0  # the tensor loader pads its last batch with label -1 rows
         units = fusion.fused_units
         ranges = {f'mean of units {units[i]}-{units[j - 1]}': units[i:j]
                   for i in range(len(units)) for j in range(i + 2, len(units) + 1)}
         candidates = {'as trained': None, **{f'unit {u}': [u] for u in units}, **ranges}
-        scores = {}
-        for name, subset in candidates.items():
-            w = fusion.weights() if subset is None else torch.tensor(
-                [1.0 / len(subset) if u in subset else 0.0 for u in units])
-            scores[name] = (fusion.combine(logits, w.cpu()).argmax(1) == labels).float().mean().item() * 100
+        device = labels.device
+        weights = torch.stack([fusion.weights().to(device) if subset is None else torch.tensor(
+            [1.0 / len(subset) if u in subset else 0.0 for u in units], device=device)
+            for subset in candidates.values()])  # (candidates, M)
+        hits = torch.stack([(fusion.combine(logits, w).argmax(1) == labels) & keep for w in weights])
+        n = keep.sum().float()
+        values = torch.cat([hits.sum(1).float() / n.clamp_min(1) * 100, n[None]]).tolist()  # one read
+        scores, n_images = dict(zip(candidates, values[:-1])), int(values[-1])
         single = max((f'unit {u}' for u in reversed(units)), key=lambda n: scores[n])  # ties: the deepest unit
         combined = max((n for n in candidates if n not in {f'unit {u}' for u in units}), key=lambda n: scores[n])
         # a combination must beat the best unit by a margin larger than the check's sampling noise
@@ -386,27 +447,30 @@ class LocalTrainer:
         best = combined if scores[combined] >= scores[single] + _FUSION_MARGIN_PP else single
         if candidates[best] is not None:
             fusion.select_units(candidates[best])
-        self.acc.print(f"fusion check on {len(labels)} training images: as trained {scores['as trained']:.2f}%, "
+        self.acc.print(f"fusion check on {n_images} training images: as trained {scores['as trained']:.2f}%, "
                        f"best unit {max(units, key=lambda u: scores[f'unit {u}'])} "
                        f"{max(scores[f'unit {u}'] for u in units):.2f}% -> using {best} ({scores[best]:.2f}%)")
-        return dict(images=len(labels), accuracy=scores, chosen=best)
+        return dict(images=n_images, accuracy=scores, chosen=best)
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> Dict[str, float]:
         """Per-unit and fused top-1 accuracy on the eval set (or ``loader``), gathered over processes."""
         self.model.eval()
-        correct, total = None, 0
-        for x, y in (self.eval_loader if loader is None else loader):
+        correct, total = None, None
+        for x, y in (self.eval_loader if loader is None else loader):  # no host read until the end
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
                 fused = self.model.fusion(unit_logits)
             preds = torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
             preds, y = self.acc.gather_for_metrics((preds, y))
             keep = y >= 0  # the tensor loader pads its last batch with label -1 rows
-            hits = (preds[keep] == y[keep, None]).sum(0)
+            hits = ((preds == y[:, None]) & keep[:, None]).sum(0)
             correct = hits if correct is None else correct + hits
-            total += int(keep.sum())
-        acc = (correct.float() / max(total, 1) * 100).tolist()
+            total = keep.sum() if total is None else total + keep.sum()
+        if correct is None:
+            return dict(accuracy=0.0, unit_accuracy=[], eval_images=0)
+        values = torch.cat([correct.float() / total.clamp_min(1) * 100, total[None].float()]).tolist()  # one read
+        acc, total = values[:-1], int(values[-1])
         return dict(accuracy=acc[-1], unit_accuracy=acc[:-1], eval_images=total)
 
     def fit(self, resume: Optional[str] = None) -> Dict:
