@@ -6,7 +6,7 @@ fp32, since squares of bf16/fp16 activations overflow or lose the small differen
 the class signal.
 """
 import contextlib
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,11 +14,42 @@ import torch.nn.functional as F
 
 from ..errors import unknown_choice
 
-__all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 'FixedLinear', 'GoodnessHead']
+__all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 'FixedLinear', 'GoodnessHead',
+           'register_goodness', 'list_goodness']
 
 GOODNESS_MODES = ('channel', 'patch', 'channel_patch', 'grid')
 GOODNESS_REDUCE = ('mean', 'sum')
 HEAD_PROJ = ('learned', 'fixed')
+
+# user goodness modes: name -> (fn(h, groups, patches, reduce) -> (B, G), size(in_chs, groups, patches) -> G)
+_USER_GOODNESS: Dict[str, Tuple[Callable, Callable]] = {}
+
+
+def register_goodness(name: str, num_values: Callable[[int, int, int], int]):
+    """Decorator adding a goodness mode, usable as the ``goodness=name`` model kwarg.
+
+    Args:
+        name: The mode's name (must not shadow a built-in one).
+        num_values: ``(in_chs, groups, patches) -> G``, the length of the goodness vector, so the
+            head's goodness -> logits map can be built before any data is seen.
+
+    The decorated function is called as ``fn(h, groups=, patches=, reduce=)`` on the unit's raw
+    activation (any dtype) and must return a (B, G) tensor; the head casts it to fp32. A checkpoint
+    trained with a user mode loads once the module that registers it is imported (as for any timm
+    model defined outside timm).
+    """
+    if name in GOODNESS_MODES:
+        raise ValueError(f'goodness mode {name!r} is built in; pick another name')
+
+    def wrap(fn: Callable) -> Callable:
+        _USER_GOODNESS[name] = (fn, num_values)
+        return fn
+    return wrap
+
+
+def list_goodness() -> Tuple[str, ...]:
+    """Every goodness mode: the built-in ones, then the registered ones."""
+    return GOODNESS_MODES + tuple(sorted(_USER_GOODNESS))
 
 
 def goodness_vector(
@@ -42,8 +73,10 @@ def goodness_vector(
     Returns:
         (B, G) goodness vector.
     """
+    if mode in _USER_GOODNESS:
+        return _USER_GOODNESS[mode][0](h, groups=groups, patches=patches, reduce=reduce).float()
     if mode not in GOODNESS_MODES:
-        raise unknown_choice('goodness mode', mode, GOODNESS_MODES)
+        raise unknown_choice('goodness mode', mode, list_goodness())
     if reduce not in GOODNESS_REDUCE:
         raise unknown_choice('goodness reduce', reduce, GOODNESS_REDUCE)
     sq = h.float().square()
@@ -129,9 +162,9 @@ class GoodnessHead(nn.Module):
         super().__init__()
         if proj not in HEAD_PROJ:
             raise unknown_choice('head projection', proj, HEAD_PROJ)
-        if mode not in GOODNESS_MODES:
-            raise unknown_choice('goodness mode', mode, GOODNESS_MODES)
-        if not spatial and mode != 'channel':
+        if mode not in list_goodness():
+            raise unknown_choice('goodness mode', mode, list_goodness())
+        if not spatial and mode not in ('channel', *_USER_GOODNESS):
             raise unknown_choice('goodness mode for a non-spatial (MLP) unit', mode, ('channel',))
         self.mode, self.groups, self.patches, self.reduce = mode, groups, patches, reduce
         self.proj_kind = proj
@@ -139,7 +172,8 @@ class GoodnessHead(nn.Module):
         n_chan = (groups or in_chs) if mode in ('channel', 'channel_patch') else 0
         n_patch = patches * patches if mode in ('patch', 'channel_patch') else 0
         n_grid = (groups or in_chs) * patches * patches if mode == 'grid' else 0
-        self.num_goodness = n_chan + n_patch + n_grid
+        self.num_goodness = _USER_GOODNESS[mode][1](in_chs, groups, patches) if mode in _USER_GOODNESS else \
+            n_chan + n_patch + n_grid
         self.coupled_norm = coupled_norm
         self.temperature = temperature
         self.proj = self._make_proj(num_classes)

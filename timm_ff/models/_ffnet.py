@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 
 from ..errors import ConfigError, unknown_choice
 from ..layers import (
-    FUSION_MODES, GOODNESS_MODES, GOODNESS_REDUCE, HEAD_PROJ, TEMPERATURES, UNIT_NORMS,
+    FUSION_MODES, GOODNESS_MODES, GOODNESS_REDUCE, HEAD_PROJ, TEMPERATURES, UNIT_NORMS, list_goodness,
     GoodnessHead, LogitFusion, create_temperature, create_unit_norm,
 )
 
@@ -71,6 +71,7 @@ def check_ff_kwargs(ff_kwargs: Dict, family_kwargs: Sequence[str]) -> Dict:
     if unknown:
         raise unknown_choice('model kwarg', unknown[0], list(FF_KWARGS) + list(family_kwargs))
     for key, allowed in _CHOICES.items():
+        allowed = list_goodness() if key == 'goodness' else allowed  # users register goodness modes
         if key in ff_kwargs and ff_kwargs[key] not in allowed:
             raise unknown_choice(f'value for {key}', ff_kwargs[key], allowed)
     return ff_kwargs
@@ -254,24 +255,33 @@ class FFNet(nn.Module):
         (``label_embed=True``) run the network once per label and use each unit's goodness as
         that label's score.
         """
+        state = self.eval_init(x)
+        out = []
+        for u in range(len(self.units)):
+            state, z = self.eval_unit(u, state)
+            out.append(z)
+        return out
+
+    def eval_init(self, x: torch.Tensor):
+        """What unit 0 receives when scoring ``x``: the images, or for classic FF every (image, label) pair.
+
+        :meth:`forward_unit_logits` is ``eval_init`` then :meth:`eval_unit` for each unit in turn; a
+        pipeline runs the same two pieces with the units spread over processes.
+        """
         if self.num_classes <= 0:
             raise ConfigError('this model has no classifier (num_classes=0); reset_classifier(K) first')
-        if not self.label_embed_enabled:
-            self.check_input(x)
-            out = []
-            for unit in self.units:
-                x, z = unit(x, with_logits=True)
-                out.append(z)
-            return out
         self.check_input(x)
-        B, K = x.shape[0], self.num_classes
-        xs = x.repeat_interleave(K, dim=0)
-        labels = torch.arange(K, device=x.device).repeat(B)
-        out = []
-        for u, unit in enumerate(self.units):
-            xs, g = unit(xs, labels=labels if u == 0 else None, with_logits=True)
-            out.append(g.reshape(B, K))
-        return out
+        if not self.label_embed_enabled:
+            return x
+        K = self.num_classes
+        return dict(x=x.repeat_interleave(K, dim=0), labels=torch.arange(K, device=x.device).repeat(x.shape[0]))
+
+    def eval_unit(self, u: int, state):
+        """Unit ``u`` on an :meth:`eval_init` state: (next state, (B, K) logits)."""
+        if not self.label_embed_enabled:
+            return self.units[u](state, with_logits=True)
+        xs, g = self.units[u](state['x'], labels=state['labels'] if u == 0 else None, with_logits=True)
+        return dict(x=xs, labels=None), g.reshape(-1, self.num_classes)
 
     # ----------------------------------------------------------------------------- timm contract
     def forward_intermediates(
@@ -404,8 +414,43 @@ def build_ffnet(model_cls: type, variant: str, pretrained: bool, out_indices: Tu
     """
     if kwargs.get('features_only'):
         kwargs['num_classes'] = 0
-    return build_model_with_cfg(model_cls, variant, pretrained,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained,
+                                    feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
+    except Exception as e:
+        error = _pretrained_hub_error(variant, kwargs, e) if pretrained else None
+        if error is None:
+            raise
+        raise error from e
+
+
+def _pretrained_hub_error(variant: str, kwargs: Dict, e: Exception):
+    """The one-line :class:`~timm_ff.errors.HubError` for timm's Hub download of pretrained weights failing.
+
+    ``timm.create_model(tag, pretrained=True)`` offline, or for a tag whose weights are not published,
+    otherwise ends in huggingface_hub's generic text; this names the tag, the released tags and the local
+    alternatives instead (the message :func:`timm_ff.hub.create_pretrained` gives). None when ``e`` is
+    not a failed Hub download (weights from a file, a state dict or a local folder, or any other error).
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+    from timm.models._builder import resolve_pretrained_cfg
+
+    from ..hub._common import request_errors
+    from ..hub.download import pretrained_load_error
+    if not isinstance(e, (HfHubHTTPError, *request_errors())):
+        return None
+    try:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    except Exception:  # noqa: BLE001  (an unresolvable cfg: leave the original error alone)
+        return None
+    # timm's own order (_builder._resolve_pretrained_source): a state dict or file wins over hf_hub_id
+    from_hub = cfg.source == 'hf-hub' or (not cfg.source and not cfg.state_dict and not cfg.file)
+    if not (cfg.hf_hub_id and from_hub):
+        return None
+    is_tag = cfg.source != 'hf-hub'
+    name = f'{cfg.architecture}.{cfg.tag}' if is_tag and cfg.tag else f'hf-hub:{cfg.hf_hub_id}'
+    return pretrained_load_error(name, cfg.hf_hub_id, e, tag=is_tag)
 
 
 def norm_layer(norm: str, dims: int = 2):
