@@ -15,6 +15,8 @@ batch, each configuration in a fresh process:
   unit's head loss, end to end;
 * ``dtg_summed`` / ``dtg_per_unit``: layer-local DTG-FF with one backward over all unit losses, or unit
   by unit (each unit's graph freed before the next unit runs).
+* ``dtg_per_unit_micro``: ``dtg_per_unit`` with ``--unit-micro-batches`` (default ``{"0": 4}``): those
+  units process the batch in chunks, accumulating their gradients, while the others take it whole.
 
 Timing is the throughput benchmark's (``bench_throughput.warm_trainer`` / ``timed_steps``: the real
 :class:`timm_ff.trainer.LocalTrainer` on the batch-tensor data path, ``--warmup`` untimed then
@@ -48,6 +50,7 @@ CONFIGS = {
     'bp_deepsup': dict(objective='bp_deepsup', mode='summed'),
     'dtg_summed': dict(objective='dtg', mode='summed'),
     'dtg_per_unit': dict(objective='dtg', mode='per_unit'),
+    'dtg_per_unit_micro': dict(objective='dtg', mode='per_unit', micro=True),
 }
 MIB = 2 ** 20
 MEMTRACKER = 'torch MemTracker (every torch tensor: params, grads, optimiser state, activations, temporaries)'
@@ -144,10 +147,12 @@ def run_config(cfg: dict) -> dict:
     if spec.get('checkpoint'):
         for i, unit in enumerate(model.units):
             model.units[i] = _checkpointed(unit)
-    trainer, opt = warm_trainer(acc, model, train, spec['objective'], spec['mode'], cfg['warmup'], cfg['tmp'])
+    micro = cfg['unit_micro_batches'] if spec.get('micro') else None
+    trainer, opt = warm_trainer(acc, model, train, spec['objective'], spec['mode'], cfg['warmup'], cfg['tmp'], micro)
     img_per_s = timed_steps(trainer, cfg['steps'])
     x, _ = next(iter(train))
     return dict(img_per_s=img_per_s, micro_batch=cfg['batch_size'] // accum, accum_steps=accum,
+                unit_micro_batches=micro,
                 input_shape=list(x.shape[1:]), data_source=source, device=str(acc.device),
                 params_m=sum(p.numel() for p in model.parameters()) / 1e6,
                 **measure_memory(trainer, model, opt, spec['mode']))
@@ -187,13 +192,18 @@ def ratios(rows: dict) -> dict:
     def div(a, b):
         return a / b if a is not None and b else None
     out = {}
-    for ff in ('dtg_per_unit', 'dtg_summed'):
+    for ff in ('dtg_per_unit', 'dtg_summed', 'dtg_per_unit_micro'):
         for bp in ('bp', 'bp_accum', 'bp_ckpt', 'bp_deepsup'):
             out[f'{ff}_memory_over_{bp}'] = div(get(ff, 'peak_memory_mib'), get(bp, 'peak_memory_mib'))
             out[f'{ff}_img_per_s_over_{bp}'] = div(get(ff, 'img_per_s'), get(bp, 'img_per_s'))
     pu = dict(memory_over_bp=out['dtg_per_unit_memory_over_bp'],
               memory_over_bp_accum=out['dtg_per_unit_memory_over_bp_accum'],
               img_per_s_over_bp=out['dtg_per_unit_img_per_s_over_bp'])
+    micro = dict(memory_over_bp=out['dtg_per_unit_micro_memory_over_bp'],
+                 memory_over_bp_accum=out['dtg_per_unit_micro_memory_over_bp_accum'])
+    out['aims_micro'] = dict(
+        memory_at_most_half_of_bp=None if micro['memory_over_bp'] is None else micro['memory_over_bp'] <= 0.5,
+        memory_at_most_bp_accum=None if micro['memory_over_bp_accum'] is None else micro['memory_over_bp_accum'] <= 1.0)
     out['aims'] = dict(
         per_unit_memory_at_most_half_of_bp=None if pu['memory_over_bp'] is None else pu['memory_over_bp'] <= 0.5,
         per_unit_memory_at_most_bp_accum=None if pu['memory_over_bp_accum'] is None else pu['memory_over_bp_accum'] <= 1.0,
@@ -226,6 +236,7 @@ def markdown(results: list) -> str:
                 lines.append(f"| {what} | `{name}` | failed: {r['error']} | | |")
             else:
                 extra = f" ({r['accum_steps']} x {r['micro_batch']})" if r['accum_steps'] > 1 else ''
+                extra += f" (chunks {json.dumps(r['unit_micro_batches'])})" if r.get('unit_micro_batches') else ''
                 lines.append(f"| {what} | `{name}`{extra} | {r['peak_memory_mib']:.0f} | {r['img_per_s']:.1f} | "
                              f"{r['peak_phase']} |")
         q = res['ratios']
@@ -235,7 +246,9 @@ def markdown(results: list) -> str:
         notes.append(f"- {what} (`{res['device']}`, commit {res['git_commit'][:7]}): `dtg_per_unit` memory / `bp` "
                      f"{f('dtg_per_unit_memory_over_bp')} (aim <= 0.5), / `bp_accum` {f('dtg_per_unit_memory_over_bp_accum')} "
                      f"(aim <= 1), img/s / `bp` {f('dtg_per_unit_img_per_s_over_bp')} (aim >= 0.9); `dtg_summed` memory / "
-                     f"`bp` {f('dtg_summed_memory_over_bp')}.")
+                     f"`bp` {f('dtg_summed_memory_over_bp')}."
+                     + (f" `dtg_per_unit_micro` memory / `bp` {f('dtg_per_unit_micro_memory_over_bp')}, / `bp_accum` "
+                        f"{f('dtg_per_unit_micro_memory_over_bp_accum')}." if 'dtg_per_unit_micro' in res['configs'] else ''))
     return '\n'.join(lines + [''] + notes)
 
 
@@ -267,6 +280,8 @@ def main(argv=None) -> int:
     p.add_argument('--img-size', type=int, default=0, help="input side in pixels (0: the model's default)")
     p.add_argument('--batch-size', type=int, default=256, help='effective batch: images per optimiser step')
     p.add_argument('--accum-steps', type=int, default=4, help='bp_accum: micro-batches per optimiser step')
+    p.add_argument('--unit-micro-batches', default={'0': 4}, type=json.loads,
+                   help='dtg_per_unit_micro: JSON {unit: chunks} (as train_ff.py --unit-micro-batches)')
     p.add_argument('--configs', nargs='+', default=list(CONFIGS), help=f"any of {', '.join(CONFIGS)}")
     p.add_argument('--warmup', type=int, default=2, help='untimed optimiser steps')
     p.add_argument('--steps', type=int, default=5, help='timed optimiser steps')
@@ -296,7 +311,8 @@ def main(argv=None) -> int:
     tmp = REPO / 'benchmarks/runs/audit'
     tmp.mkdir(parents=True, exist_ok=True)
     base = dict(model=args.model, model_kwargs=args.model_kwargs, img_size=args.img_size, batch_size=args.batch_size,
-                accum_steps=args.accum_steps, warmup=args.warmup, steps=args.steps, data_dir=data_dir,
+                accum_steps=args.accum_steps, unit_micro_batches=args.unit_micro_batches, warmup=args.warmup,
+                steps=args.steps, data_dir=data_dir,
                 mixed_precision=args.mixed_precision, tmp=str(tmp))
     rows = {}
     for name in args.configs:
@@ -325,7 +341,7 @@ def main(argv=None) -> int:
                   memory_method=first.get('memory_method'), configs=rows, ratios=ratios(rows))
     path = write_result(args.name, result, args.out_dir)
     print(table(rows))
-    print(json.dumps(result['ratios']['aims'], indent=2))
+    print(json.dumps(dict(result['ratios']['aims'], **result['ratios']['aims_micro']), indent=2))
     shape = 'x'.join(map(str, first.get('input_shape') or [])) or '?'
     plot(rows, path.with_suffix('.png'),
          f"{args.model} {json.dumps(args.model_kwargs) if args.model_kwargs else ''} input {shape}, effective batch "
