@@ -10,6 +10,7 @@ writes ``recipe.yaml``, ``run_info.json``, checkpoints, logs, ``model.safetensor
 and, last, ``metrics.json`` into ``--output``.
 """
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--model-kwargs', default={}, type=json.loads, help='JSON dict of model kwargs (DTG-FF switches)')
     g.add_argument('--objective', default='', help="dtg, ff, bp or bp_deepsup (default: the model's natural one)")
     g.add_argument('--objective-kwargs', default={}, type=json.loads, help='JSON dict of objective kwargs')
+    g.add_argument('--import', dest='imports', nargs='+', default=[], metavar='MODULE',
+                   help='Python modules to import before anything is built: they may register timm models, '
+                        'objectives (timm_ff.register_objective) and goodness modes (timm_ff.register_goodness)')
     g.add_argument('--pretrained', action='store_true', help="start from the tag's published weights")
     g.add_argument('--initial-checkpoint', default='', help='safetensors file, run folder or hf-hub:ORG/NAME to start from')
     g.add_argument('--linear-probe', action='store_true',
@@ -87,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--compile', action='store_true', help='torch.compile each unit (eager with a warning if it cannot)')
     g.add_argument('--channels-last', action='store_true', help='channels_last memory format for weights and batches')
     g.add_argument('--max-train-steps', default=0, type=int, help='stop after N optimiser steps (0: no limit)')
+    g.add_argument('--unit-micro-batches', default={}, type=json.loads,
+                   help='JSON {unit: chunks}: that unit processes each batch in equal chunks, accumulating its '
+                        'gradients (per_unit mode), e.g. \'{"0": 4}\' to bound a high-resolution unit\'s memory')
+    g = p.add_argument_group('pipeline (one process per stage, units trained concurrently; see timm_ff/pipeline.py)')
+    g.add_argument('--pipeline-stages', default=0, type=int,
+                   help='split the units over this many processes (0: off); launch with as many processes')
+    g.add_argument('--pipeline-split', default='', help="units per stage, e.g. '0-2,3-7' (default: balanced from "
+                                                        'a short profiling pass)')
+    g.add_argument('--pipeline-window', default=2, type=int, help='batches a stage may run ahead of the next one')
+    g.add_argument('--pipeline-timeout', default=120.0, type=float,
+                   help='seconds a stage waits for another before giving up (a failed stage ends the rest)')
     g = p.add_argument_group('outputs')
     g.add_argument('--output', default='', help=f'run folder (default: {DEFAULT_OUTPUT_ROOT}/<model>-<objective>-<time>)')
     g.add_argument('--resume', default='', help='run folder or checkpoint folder to continue from')
@@ -123,6 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     from timm_ff.recipe import check_recipe_keys, load_recipe
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
+    resumed = resumed_recipe(pre.resume) if pre.resume else None
+    if resumed is not None:  # a resumed run keeps its model: the run's recipe gives the model's defaults
+        parser.set_defaults(**{k: v for k, v in resumed[1].items() if k in _MODEL_SHAPE})
     if pre.config:
         from timm_ff.hub import fetch_recipe
         recipe = load_recipe(str(fetch_recipe(pre.config)))
@@ -130,10 +148,64 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_recipe_keys(recipe, dests, pre.config)
         parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
-    for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs'):
+    for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs', 'unit_micro_batches'):
         if isinstance(getattr(args, key), str):
             setattr(args, key, json.loads(getattr(args, key)))
+    if resumed is not None:
+        check_resumed_model(args, *resumed)
     return args
+
+
+# recipe keys that fix the model's shape: a resumed run must keep its own (its checkpoint holds that model)
+_MODEL_SHAPE = ('model', 'model_kwargs', 'in_chans')
+
+
+def _run_folder(resume: str):
+    """The run folder ``--resume`` continues (it names the run or one of its checkpoints/step_* folders)."""
+    from timm_ff.trainer import CHECKPOINT_DIR
+    path = Path(resume)
+    return path.parent.parent if path.parent.name == CHECKPOINT_DIR and not (path / 'recipe.yaml').is_file() else path
+
+
+def resumed_recipe(resume: str):
+    """``(path, recipe)`` of the recipe.yaml of the run ``--resume`` continues, or None if it has none."""
+    from timm_ff.recipe import load_recipe
+    path = _run_folder(resume) / 'recipe.yaml'
+    return (path, load_recipe(str(path))) if path.is_file() else None
+
+
+def _shown(key: str, value) -> str:
+    """A model-shape value as a user would type it."""
+    if key == 'model_kwargs':
+        return json.dumps(value, sort_keys=True)
+    return '0 (from the dataset)' if key == 'in_chans' and value == 0 else str(value)
+
+
+def check_resumed_model(args, recipe_path: Path, recipe: dict) -> None:
+    """A ``--resume`` asking for another model than the run's (its checkpoint would not fit) is one error line."""
+    from timm_ff.errors import ConfigError
+    for key in _MODEL_SHAPE:
+        if key in recipe and getattr(args, key) != recipe[key]:
+            flag = f"--{key.replace('_', '-')}"
+            raise ConfigError(f'--resume {args.resume}: the run was trained with {flag} {_shown(key, recipe[key])} '
+                              f'({recipe_path}), but this command gives {flag} {_shown(key, getattr(args, key))}; '
+                              f'drop {flag} (a resumed run keeps the model of its recipe) or start a new run '
+                              'with another --output and no --resume')
+
+
+def check_resumed_classes(resume: str, num_classes: int) -> None:
+    """A ``--resume`` whose data has another class count than the run's (run_info.json) is one error line."""
+    from timm_ff.errors import ConfigError
+    info_path = _run_folder(resume) / 'run_info.json'
+    try:
+        trained = json.loads(info_path.read_text())['data']['num_classes']
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an older run without the record: the checkpoint load reports a mismatch
+    if trained != num_classes:
+        raise ConfigError(f'--resume {resume}: the run was trained on {trained} classes ({info_path}), but this '
+                          f'command gives data with {num_classes}; pass the run\'s --dataset, --classes and '
+                          '--label-column (see its recipe.yaml) or start a new run with another --output and no '
+                          '--resume')
 
 
 def check_args(args):
@@ -152,9 +224,30 @@ def check_args(args):
         raise ConfigError(f'--fusion-check-images must be >= 0, got {args.fusion_check_images}')
     if not isinstance(args.crop_padding, int) or isinstance(args.crop_padding, bool) or args.crop_padding < 0:
         raise ConfigError(f'--crop-padding must be a non-negative integer number of pixels, got {args.crop_padding!r}')
-    for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs'):
+    if args.pipeline_stages < 0 or args.pipeline_window < 1 or not args.pipeline_timeout > 0:
+        raise ConfigError(f'--pipeline-stages must be >= 0, --pipeline-window >= 1 and --pipeline-timeout > 0; got '
+                          f'{args.pipeline_stages}, {args.pipeline_window}, {args.pipeline_timeout}')
+    if args.pipeline_split and not args.pipeline_stages:
+        raise ConfigError(f'--pipeline-split {args.pipeline_split!r} needs --pipeline-stages')
+    for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs', 'unit_micro_batches'):
         if not isinstance(getattr(args, key), dict):
             raise ConfigError(f'--{key.replace("_", "-")} must be a JSON object, got {getattr(args, key)!r}')
+
+
+def import_user_modules(names) -> None:
+    """Import the ``--import`` modules (from the working folder or the Python path) so what they register exists."""
+    import importlib
+
+    from timm_ff.errors import ConfigError
+    names = [names] if isinstance(names, str) else list(names or [])
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f'--import {name!r}: cannot import it ({e}); name a module on the Python path or a '
+                              '.py file in the working folder, without the .py (e.g. --import my_rules)') from e
 
 
 def git_commit() -> str:
@@ -216,6 +309,7 @@ def main(argv=None) -> int:
     import timm
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
     from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
     from timm.data import resolve_data_config
     from timm.optim import create_optimizer_v2
@@ -228,6 +322,7 @@ def main(argv=None) -> int:
     from timm_ff.recipe import dump_recipe
     from timm_ff.trainer import JSONLinesTracker, LocalTrainer, write_json_atomic
 
+    import_user_modules(args.imports)
     natural = 'ff' if timm.models.split_model_name_tag(args.model)[0].startswith('ff_') else 'dtg'
     args.objective = args.objective or natural
     objective = timm_ff.create_objective(args.objective, **args.objective_kwargs)
@@ -254,8 +349,11 @@ def main(argv=None) -> int:
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=objective.find_unused_parameters)],
+        # pinned batches (the PIL path pins on CUDA) move to the device without stopping the host
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=objective.find_unused_parameters),
+                         # a pipeline stage waiting on a peer that is gone gives up after --pipeline-timeout
+                         InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=args.pipeline_timeout))],
         log_with=trackers[args.log_with](),
         project_dir=str(out_dir),
     )
@@ -276,6 +374,8 @@ def main(argv=None) -> int:
     accelerator.print(f'data: {data.source}: {len(data.train)} train / {len(data.eval)} eval images, '
                       f'{data.num_classes} classes ({data.label_column})')
     in_chans = args.in_chans or (spec.in_chans if spec else 3)
+    if args.resume:
+        check_resumed_classes(args.resume, data.num_classes)  # before anything of the run is rewritten
 
     model = build_model(args, data.num_classes, in_chans)
     objective.check_model(model)
@@ -294,12 +394,19 @@ def main(argv=None) -> int:
     data_config = resolve_data_config(model=model)
     pipeline, why = choose_pipeline(data, args.data_pipeline, in_chans)
     accelerator.print(f'data path: {why}')
+    if args.pipeline_stages:
+        from timm_ff.pipeline import check_pipeline
+        check_pipeline(stages=args.pipeline_stages, num_processes=accelerator.num_processes,
+                       num_units=len(model.local_units()), objective=objective, grad_accum_steps=args.grad_accum_steps,
+                       mixed_precision=args.mixed_precision, data_pipeline=pipeline)
+    # a pipeline's stage 0 draws every batch whole: its loaders are not sharded
+    shard = (0, 1) if args.pipeline_stages else (accelerator.process_index, accelerator.num_processes)
     with accelerator.main_process_first():  # the first process writes the decoded cache, the others read it
         train_loader, eval_loader = create_loaders(
             data, data_config=data_config, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or None,
             num_workers=args.workers, in_chans=in_chans, seed=args.seed, pipeline=pipeline, aug=args.aug,
-            crop_padding=args.crop_padding, device=accelerator.device, process_index=accelerator.process_index,
-            num_processes=accelerator.num_processes, channels_last=args.channels_last,
+            crop_padding=args.crop_padding, device=accelerator.device, process_index=shard[0],
+            num_processes=shard[1], channels_last=args.channels_last,
             train_transform_kwargs=dict(scale=tuple(args.aug_scale), hflip=args.hflip,
                                         color_jitter=args.color_jitter or None))
     fusion_check_loader = None
@@ -309,8 +416,8 @@ def main(argv=None) -> int:
         _, fusion_check_loader = create_loaders(
             dataclasses.replace(data, train=subset, eval=subset), data_config=data_config,
             batch_size=args.eval_batch_size or args.batch_size, num_workers=args.workers, in_chans=in_chans,
-            drop_last=False, pipeline=pipeline, device=accelerator.device, process_index=accelerator.process_index,
-            num_processes=accelerator.num_processes, channels_last=args.channels_last)
+            drop_last=False, pipeline=pipeline, device=accelerator.device, process_index=shard[0],
+            num_processes=shard[1], channels_last=args.channels_last)
     for note in dict.fromkeys(getattr(ld, 'cache_note', '') for ld in (train_loader, eval_loader)):
         if note:
             accelerator.print(f'data cache: {note}')
@@ -318,17 +425,22 @@ def main(argv=None) -> int:
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
     except (AssertionError, ValueError) as e:
         raise ConfigError(f"unknown --opt {args.opt!r}; allowed: {', '.join(timm.optim.list_optimizers())}") from e
-    updates_per_epoch = max(1, batches_per_process(train_loader, accelerator.num_processes) // args.grad_accum_steps)
-    scheduler = None
-    if args.sched != 'none':
+    updates_per_epoch = max(1, batches_per_process(train_loader, shard[1]) // args.grad_accum_steps)
+
+    def make_scheduler(opt):
+        if args.sched == 'none':
+            return None
         try:
-            scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
-                                               warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
-                                               updates_per_epoch=updates_per_epoch, step_on_epochs=False)
+            sched, _ = create_scheduler_v2(opt, sched=args.sched, num_epochs=args.epochs,
+                                           warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
+                                           updates_per_epoch=updates_per_epoch, step_on_epochs=False)
         except (AssertionError, ValueError) as e:
             raise ConfigError(f'bad --sched {args.sched!r}: {e}') from e
-        if scheduler is None:
+        if sched is None:
             raise ConfigError(f"unknown --sched {args.sched!r}; try cosine, step, multistep, plateau, poly, tanh or none")
+        return sched
+    # built here even in a pipeline (where each stage builds its own) so a bad --sched fails before training
+    scheduler = make_scheduler(optimizer)
 
     recipe = dump_recipe(args, skip=_NOT_IN_RECIPE)
     run_info = dict(command=' '.join([Path(sys.argv[0]).name] + sys.argv[1:]), git_commit=git_commit(),
@@ -348,13 +460,23 @@ def main(argv=None) -> int:
         from timm_ff.trainer import compile_units
         why_not = compile_units(model.local_units())
         accelerator.print(f'warning: {why_not}; running eager' if why_not else 'compile: each unit compiled with torch.compile')
-    trainer = LocalTrainer(
-        accelerator=accelerator, model=model, objective=objective, optimizer=optimizer, scheduler=scheduler,
+    common = dict(
+        accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
         train_loader=train_loader, eval_loader=eval_loader, epochs=args.epochs, output_dir=out_dir,
         local_backward=args.local_backward, clip_grad=args.clip_grad or None,
         checkpoint_steps=args.checkpoint_steps, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         max_train_steps=args.max_train_steps, seed=args.seed, progress=not args.no_progress,
-        fusion_check_loader=fusion_check_loader)
+        fusion_check_loader=fusion_check_loader, micro_batches=args.unit_micro_batches)
+    if args.pipeline_stages:
+        from timm_ff.pipeline import PipelineTrainer, parse_split
+        split = parse_split(args.pipeline_split, len(model.local_units()), args.pipeline_stages) \
+            if args.pipeline_split else None
+        trainer = PipelineTrainer(**common, make_scheduler=make_scheduler, split=split, window=args.pipeline_window,
+                                  timeout_s=args.pipeline_timeout)
+        accelerator.print('pipeline: ' + ', '.join(f'stage {g} units {a}-{b - 1}' for g, (a, b) in enumerate(trainer.split))
+                          + f' (window {args.pipeline_window})')
+    else:
+        trainer = LocalTrainer(**common, scheduler=scheduler)
     metrics = trainer.fit(resume=args.resume or None)
     accelerator.wait_for_everyone()
     push_error = ''

@@ -65,6 +65,39 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     assert find_checkpoint(str(tmp_path)) == good
 
 
+@pytest.mark.timeout(300)
+def test_resume_with_another_model_is_one_line_and_the_run_stays_as_it_was(tmp_path, capsys):
+    import train_ff
+    run = tmp_path / 'run'  # not the default --model, so a resume without --model must take the run's
+    assert_ok(run_train('--model', 'ff_cnn_s', '--epochs', '1', '--max-train-steps', '2', '--output', run))
+    ckpt = find_checkpoint(str(run))
+    before = {p: p.read_bytes() for p in sorted(run.rglob('*')) if p.is_file()}
+    for resume, flags, named in [
+        (run, ['--model', 'dtgff_cnn_s'], ('--model ff_cnn_s', f"{run / 'recipe.yaml'}", '--model dtgff_cnn_s',
+                                          'drop --model', '--output')),
+        (ckpt, ['--model', 'ff_cnn_m'], ('--model ff_cnn_s', '--model ff_cnn_m')),
+        (run, ['--model-kwargs', '{"fusion": "last"}'], ('--model-kwargs {}', '{"fusion": "last"}')),
+        (run, ['--model', 'ff_cnn_s', '--in-chans', '1'], ('--in-chans 0 (from the dataset)', '--in-chans 1')),
+        (run, ['--classes', '5'], ('trained on 10 classes', 'data with 5', '--output')),
+    ]:
+        code = train_ff.cli([*QUICK, '--resume', str(resume), *flags])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()  # the class count is known after the data loads (datasets' bars above)
+        assert code == 2 and 'Traceback' not in err, (flags, lines[-20:])
+        assert [line for line in lines if line.startswith('error:')] == lines[-1:], lines[-20:]
+        assert len(lines) == 1 or '--classes' in flags, lines[-20:]  # the model is checked before anything runs
+        assert lines[-1].startswith(f'error: --resume {resume}: the run was trained '), lines[-20:]
+        assert all(n in lines[-1] for n in named), (named, lines[-1])
+    assert {p: p.read_bytes() for p in sorted(run.rglob('*')) if p.is_file()} == before, 'the run was touched'
+    # without --model a resume takes the run's model from its recipe.yaml (and, as before, the same one works)
+    for flags, steps in (([], 3), (['--model', 'ff_cnn_s'], 4)):
+        resumed = run_train('--resume', run, '--max-train-steps', steps, *flags)
+        assert_ok(resumed)
+        assert 'resumed from' in resumed.stdout
+        metrics = json.loads((run / 'metrics.json').read_text())
+        assert metrics['model'] == 'ff_cnn_s' and metrics['global_step'] == steps
+
+
 BAD_INPUTS = [
     (['--model', 'nope_net'], "unknown model 'nope_net'"),
     (['--objective', 'nope'], "unknown objective 'nope'"),
@@ -88,6 +121,12 @@ BAD_INPUTS = [
     (['-c', '{pipe_recipe}'], "unknown --data-pipeline 'gpu'; allowed: auto, tensor, pil"),
     (['--model', 'ff_cnn_s', '--linear-probe'], "--linear-probe trains class heads on frozen features, but objective 'ff'"),
     (['--sync-bn'], '--sync-bn synchronises BatchNorm across processes, but this run has 1 process'),
+    (['--pipeline-stages', '2'], '--pipeline-stages 2 needs one process per stage, but this run has 1 process'),
+    (['--pipeline-split', '0-1,2-3'], "--pipeline-split '0-1,2-3' needs --pipeline-stages"),
+    (['--unit-micro-batches', '{"0": 3}', '--local-backward', 'per_unit'],
+     'unit 0 splits each batch into 3 chunks, which does not divide the batch size 64'),
+    (['--unit-micro-batches', '{"7": 2}', '--local-backward', 'per_unit'], 'unit index 7 is out of range'),
+    (['--data-dir', '{corrupt}', '--dataset', ''], "test-00000-of-00001.parquet' is not readable parquet"),
 ]
 
 
@@ -101,8 +140,14 @@ def test_bad_input_gives_one_clear_line_and_no_finished_run(tmp_path, capsys, fl
     empty.mkdir()
     (tmp_path / 'aug.yaml').write_text('aug: cutout\n')
     (tmp_path / 'pipe.yaml').write_text('data_pipeline: gpu\n')
+    import shutil
+    corrupt = tmp_path / 'corrupt'  # the bundled sample with its test parquet file cut in half
+    shutil.copytree(SAMPLE_DIR, corrupt)
+    raw = (corrupt / 'test-00000-of-00001.parquet').read_bytes()
+    (corrupt / 'test-00000-of-00001.parquet').write_bytes(raw[:len(raw) // 2])
     fill = {'{sample}': str(SAMPLE_DIR), '{tmp}': str(empty), '{recipe}': str(recipe),
-            '{aug_recipe}': str(tmp_path / 'aug.yaml'), '{pipe_recipe}': str(tmp_path / 'pipe.yaml')}
+            '{aug_recipe}': str(tmp_path / 'aug.yaml'), '{pipe_recipe}': str(tmp_path / 'pipe.yaml'),
+            '{corrupt}': str(corrupt)}
     for key, value in fill.items():
         flags = [f.replace(key, value) for f in flags]
     out = tmp_path / 'run'
