@@ -10,7 +10,9 @@ timed optimiser steps of ``--batch-size`` images (the global batch):
 * ``single``: one process, :class:`~timm_ff.trainer.LocalTrainer`, ``per_unit``, 2 threads on CPU;
 * ``ddp``: two processes (``accelerate launch``), each half the batch, every unit DDP-wrapped, 1 thread each;
 * ``pipeline``: two processes, :class:`~timm_ff.pipeline.PipelineTrainer`, the split balanced from a
-  profiling pass, each stage the whole batch, 1 thread each.
+  profiling pass, each stage the whole batch, 1 thread each;
+* ``ddp_micro`` / ``pipeline_micro``: the same with unit 0 micro-batched into chunks of ``--micro-chunk``
+  images (``--unit-micro-batches``), the same chunk size on both, so both get the same memory technique.
 
 Recorded per process: img/s; peak memory of one optimiser step by torch's ``MemTracker`` (parameters,
 gradients, optimiser state, activations and temporaries; the data set itself excluded); for the pipeline
@@ -35,13 +37,23 @@ MODELS = ('dtgff_cnn_s', 'dtgff_resnet18')
 MIB = 2 ** 20
 
 
-def _memory(step, modules, optimizer) -> dict:
+def _memory(step, modules, optimizer, units) -> dict:
     """MemTracker peak (and breakdown) over ``step()``; only this process's own modules are tracked."""
+    import torch
     from torch.distributed._tools.mem_tracker import MemTracker
     tracker = MemTracker()
     tracker.track_external(*modules, optimizer)
-    with tracker:
-        step()
+    units = set(units)
+
+    def before_forward(module, args):  # a micro-batched unit runs once per chunk: restart the module stats
+        if module in units:              # (MemTracker tracks one call per module; the peak is kept), as the audit
+            tracker.reset_mod_stats()
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(before_forward)
+    try:
+        with tracker:
+            step()
+    finally:
+        hook.remove()
     peak = {}
     for per_device in tracker.get_tracker_snapshot('peak').values():
         for k, v in per_device.items():
@@ -68,10 +80,10 @@ def run_worker(cfg: dict) -> dict:
     with acc.main_process_first():  # the first process writes the decoded cache, the other reads it
         data = load_image_datasets('cifar10', data_dir=cfg['data_dir'] or None, max_per_class=cfg['per_class'])
         model = timm.create_model(cfg['model'], num_classes=data.num_classes)
-        world = acc.num_processes if kind == 'ddp' else 1
+        world = acc.num_processes if kind.startswith('ddp') else 1
         train, _ = create_loaders(data, data_config=resolve_data_config(model=model), batch_size=cfg['batch_size'] // world,
                                   pipeline='tensor', aug='crop_flip', device=acc.device,
-                                  process_index=acc.process_index if kind == 'ddp' else 0, num_processes=world)
+                                  process_index=acc.process_index if kind.startswith('ddp') else 0, num_processes=world)
     optimizer = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=0.05)
     common = dict(accelerator=acc, model=model, objective=timm_ff.create_objective('dtg'), optimizer=optimizer,
                   train_loader=train, eval_loader=train, epochs=1, output_dir=Path(cfg['tmp']) / f'{kind}-{cfg["model"]}',
@@ -83,15 +95,18 @@ def run_worker(cfg: dict) -> dict:
         torch.set_num_threads(1)
         out['unit_costs_s'] = profile_unit_costs(model, common['objective'], x, y, acc.autocast, repeats=3)
         torch.set_num_threads(threads)
-    trainer = PipelineTrainer(**common, make_scheduler=None, window=cfg['window']) if kind == 'pipeline' else \
-        LocalTrainer(**common, scheduler=None)
+    per_process = cfg['batch_size'] // world
+    micro = {'0': per_process // cfg['micro_chunk']} if kind.endswith('_micro') else None
+    out['unit_micro_batches'] = micro
+    trainer = PipelineTrainer(**common, make_scheduler=None, window=cfg['window'], micro_batches=micro) \
+        if kind.startswith('pipeline') else LocalTrainer(**common, scheduler=None, micro_batches=micro)
     warm, steps = cfg['warmup'], cfg['steps']
 
     def train_steps(n):
         trainer.max_train_steps = trainer.state.global_step + n
         return trainer.train_epoch(0)
     train_steps(warm)
-    if kind == 'pipeline':
+    if kind.startswith('pipeline'):
         trainer.stats.update(busy_s=0.0, wall_s=0.0, steps=0)
         sent0 = trainer.next.bytes_sent if trainer.next else 0
     acc.wait_for_everyone()
@@ -100,16 +115,16 @@ def run_worker(cfg: dict) -> dict:
     acc.wait_for_everyone()
     wall = time.perf_counter() - t0
     out.update(img_per_s=steps * cfg['batch_size'] / wall, train_images=stats['train_images'], wall_s=wall)
-    if kind == 'pipeline':
+    if kind.startswith('pipeline'):
         out.update(split=[f'{a}-{b - 1}' for a, b in trainer.split], units=list(trainer.unit_range),
                    busy_fraction=trainer.stats['busy_s'] / max(trainer.stats['wall_s'], 1e-9),
                    bytes_sent_per_step=((trainer.next.bytes_sent if trainer.next else 0) - sent0) / steps)
         modules = trainer.train_modules
     else:
         modules = [model]
-    if kind == 'ddp':
+    if kind.startswith('ddp'):
         out['allreduce_bytes_per_step'] = sum(p.numel() * p.element_size() for p in model.parameters())
-    out.update(_memory(lambda: train_steps(1), modules, trainer.optimizer))
+    out.update(_memory(lambda: train_steps(1), modules, trainer.optimizer, trainer.units))
     out['own_params_m'] = sum(p.numel() for m in modules for p in m.parameters()) / 1e6
     return out
 
@@ -155,6 +170,10 @@ def summarise(model: str, rows: dict, batches: int) -> dict:
     out['pipeline_over_ddp_img_per_s'] = ips['pipeline'] / ips['ddp'] if ips['pipeline'] and ips['ddp'] else None
     out['pipeline_over_single_img_per_s'] = ips['pipeline'] / ips['single'] if ips['pipeline'] and ips['single'] else None
     out['pipeline_over_ddp_rank_peak_memory'] = mem['pipeline'] / mem['ddp'] if mem['pipeline'] and mem['ddp'] else None
+    if 'pipeline_micro' in rows:
+        a, b = mem.get('pipeline_micro'), mem.get('ddp_micro')
+        out['pipeline_micro_over_ddp_micro_rank_peak_memory'] = a / b if a and b else None
+        out['pipeline_micro_over_ddp_rank_peak_memory'] = a / mem['ddp'] if a and mem['ddp'] else None
     out['goals'] = dict(
         pipeline_img_per_s_at_least_ddp=None if out['pipeline_over_ddp_img_per_s'] is None
         else out['pipeline_over_ddp_img_per_s'] >= 1.0,
@@ -178,7 +197,8 @@ def plot(results: dict, path: Path, title: str):
                                                                      'peak memory per process (MiB)')):
             ax = axes[row][col]
             values = [s[key][k] or 0 for k in kinds]
-            bars = ax.bar(kinds, values, color=['#888888', '#d9822b', '#2a7ab9'][:len(kinds)])
+            bars = ax.bar([k.replace('_', '\n') for k in kinds], values,
+                          color=['#888888', '#d9822b', '#2a7ab9', '#f0b27a', '#85c1e9'][:len(kinds)])
             ax.bar_label(bars, fmt='%.0f', fontsize=8)
             ax.set_ylabel(label)
             ax.set_title(model, fontsize=9)
@@ -197,6 +217,7 @@ def main():
     p.add_argument('--warmup', type=int, nargs=2, default=[5, 2], help='untimed steps: small CNN, ResNet')
     p.add_argument('--steps', type=int, nargs=2, default=[30, 6], help='timed steps: small CNN, ResNet')
     p.add_argument('--window', type=int, default=2, help='pipeline window')
+    p.add_argument('--micro-chunk', type=int, default=32, help='*_micro: unit 0 runs in chunks of this many images')
     p.add_argument('--gpu', action='store_true', help='run on GPUs (NCCL) instead of CPU processes')
     p.add_argument('--timeout', type=float, default=1800)
     p.add_argument('--name', default='pipeline_cpu')
@@ -215,9 +236,10 @@ def main():
         warm, steps = args.warmup[0 if small else 1], args.steps[0 if small else 1]
         need = (warm + steps + 2) * args.batch_size  # + the memory step and the profiling batch
         base = dict(model=model, batch_size=args.batch_size, data_dir=data_dir, per_class=-(-need // 10) + 10,
-                    warmup=warm, steps=steps, window=args.window, cpu=not args.gpu, tmp=str(tmp))
+                    warmup=warm, steps=steps, window=args.window, micro_chunk=args.micro_chunk, cpu=not args.gpu,
+                    tmp=str(tmp))
         rows = {kind: launch(dict(base, kind=kind), 1 if kind == 'single' else 2, args.timeout)
-                for kind in ('single', 'ddp', 'pipeline')}
+                for kind in ('single', 'ddp', 'pipeline', 'ddp_micro', 'pipeline_micro')}
         batches = 50000 // args.batch_size  # a CIFAR-10 epoch, for the bubble of the projection
         results[model] = dict(config=base, rows=rows, summary=summarise(model, rows, batches))
         for kind, r in rows.items():
