@@ -20,7 +20,6 @@ eval :class:`TensorLoader` s from an :class:`~timm_ff.data.ImageData`.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +230,7 @@ class BatchAugment:
         self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
         self.train, self.aug, self.padding, self.hflip = train, aug, padding, hflip
         self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self._log_ratio = torch.tensor(self.ratio).log().tolist()  # once, on the host (float32 logs, as always)
         self.channels_last = channels_last
 
     def _crop_flip(self, x: torch.Tensor, u: list) -> torch.Tensor:
@@ -249,7 +249,7 @@ class BatchAugment:
         from torchvision.ops import roi_align
         B, C, H, W = x.shape
         area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])
-        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])  # host numbers: no device read
+        lo, hi = self._log_ratio
         ratio = torch.exp(lo + (hi - lo) * u[1])
         w = (area * ratio).sqrt().clamp(1, W)
         h = (area / ratio).sqrt().clamp(1, H)
