@@ -49,9 +49,9 @@ from tqdm.auto import tqdm
 
 from .data import set_augmentation_epoch
 from .data.tensor import TensorLoader
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TimmFFError, TrainingError
 from .task import LocalTask, check_micro_batch_size, detach_state, map_state
-from .trainer import _STATE_FILE, CHECKPOINT_DIR, LocalTrainer, find_checkpoint, write_json_atomic
+from .trainer import _STATE_FILE, CHECKPOINT_DIR, AccuracyCounts, LocalTrainer, find_checkpoint, write_json_atomic
 
 __all__ = ['parse_split', 'balanced_split', 'profile_unit_costs', 'restrict_optimizer', 'PipelineTrainer',
            'check_pipeline']
@@ -180,13 +180,13 @@ def check_pipeline(*, stages: int, num_processes: int, num_units: int, objective
 
 # ------------------------------------------------------------------------------------------ messages
 class _Leaf(tuple):
-    """Where a tensor sits in a message: (shape, dtype name)."""
+    """Marks where a tensor sits in a message's structure (all marks are equal: the order says which)."""
 
 
 def _flatten(obj: Any, out: List[torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         out.append(obj)
-        return _Leaf((tuple(obj.shape), str(obj.dtype).split('.')[-1]))
+        return _Leaf()
     if isinstance(obj, dict):
         return {k: _flatten(v, out) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)) and not isinstance(obj, _Leaf):
@@ -202,22 +202,6 @@ def _unflatten(layout: Any, tensors) -> Any:
     if isinstance(layout, (list, tuple)):
         return type(layout)(_unflatten(v, tensors) for v in layout)
     return layout
-
-
-def _leaves(layout: Any) -> List[_Leaf]:
-    out: List[_Leaf] = []
-
-    def walk(v):
-        if isinstance(v, _Leaf):
-            out.append(v)
-        elif isinstance(v, dict):
-            for w in v.values():
-                walk(w)
-        elif isinstance(v, (list, tuple)):
-            for w in v:
-                walk(w)
-    walk(layout)
-    return out
 
 
 class PeerLost(RuntimeError):
@@ -255,8 +239,9 @@ class Link:
 
     def send(self, message: Any) -> None:
         tensors: List[torch.Tensor] = []
-        layout = _flatten(message, tensors)
+        structure = _flatten(message, tensors)
         tensors = [t.detach().contiguous() for t in tensors]
+        layout = (structure, [(tuple(t.shape), str(t.dtype).split('.')[-1]) for t in tensors])
         while len(self.pending) >= self.window:  # the window: wait for the oldest batch to be received
             for work in self.pending.popleft()[0]:
                 self._wait(work)
@@ -282,14 +267,15 @@ class Link:
             _peer_op(dist.recv_object_list, box, src=self.peer, device=self.device)
             self.wait_s += time.perf_counter() - t0
             self.recv_layout = box[0]
+        structure, specs = self.recv_layout
         tensors = []
-        for i, (shape, dtype) in enumerate(_leaves(self.recv_layout)):
+        for i, (shape, dtype) in enumerate(specs):
             buf = self.buffers.get(i)
             if buf is None or tuple(buf.shape) != shape or str(buf.dtype).split('.')[-1] != dtype:
                 buf = self.buffers[i] = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
             self._wait(_peer_op(dist.irecv, buf, self.peer))
             tensors.append(buf)
-        return _unflatten(self.recv_layout, iter(tensors))
+        return _unflatten(structure, iter(tensors))
 
     def flush(self) -> None:
         while self.pending:
@@ -361,6 +347,7 @@ class PipelineTrainer(LocalTrainer):
         device = accelerator.device
         model.to(device)
         units = model.local_units()
+        self.unit_costs = None  # seconds per unit, when the split came from the profiling pass
         self.split = list(split) if split is not None else self._profile_split(units)
         a, b = self.split[self.rank]
         self.unit_range, self.first_unit = (a, b), a
@@ -405,7 +392,6 @@ class PipelineTrainer(LocalTrainer):
 
     # ------------------------------------------------------------------ failure
     def _failure_line(self, e: BaseException) -> str:
-        from .errors import TimmFFError
         text = str(e).splitlines()[0] if str(e) else ''
         what = text if isinstance(e, TimmFFError) else f'{type(e).__name__}: {text}'
         a, b = self.unit_range
@@ -534,21 +520,12 @@ class PipelineTrainer(LocalTrainer):
             self.next.flush()
 
     def evaluate(self, loader=None) -> Dict[str, float]:
-        acc = dict(correct=None, total=None)
+        counts = AccuracyCounts()
 
         def consume(unit_logits, y):
-            fused = self.model.fusion(unit_logits)
-            preds = torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
-            keep = y >= 0
-            hits = ((preds == y[:, None]) & keep[:, None]).sum(0)
-            acc['correct'] = hits if acc['correct'] is None else acc['correct'] + hits
-            acc['total'] = keep.sum() if acc['total'] is None else acc['total'] + keep.sum()
+            counts.add(counts.predictions(unit_logits, self.model.fusion(unit_logits)), y)
         self._forward(self.eval_loader if loader is None else loader, consume)
-        result = None
-        if self.last:
-            values = torch.cat([acc['correct'].float() / acc['total'].clamp_min(1) * 100, acc['total'][None].float()]).tolist()
-            result = dict(accuracy=values[-2], unit_accuracy=values[:-2], eval_images=int(values[-1]))
-        return self._broadcast(result, self.num_stages - 1)
+        return self._broadcast(counts.result() if self.last else None, self.num_stages - 1)
 
     def check_fusion(self) -> Optional[Dict]:
         fusion = self.model.fusion  # its unit layout is plain ints, known on every stage
@@ -639,12 +616,11 @@ class PipelineTrainer(LocalTrainer):
 
     def fit(self, resume: Optional[str] = None) -> Dict:
         """Train and evaluate as :meth:`LocalTrainer.fit`; a failure on any stage ends every stage with one line."""
-        from .errors import TimmFFError
         try:
             return self._fit(resume)
         except PeerLost as e:
             raise self._peer_failure(e) from e
-        except (TimmFFError, Exception) as e:
+        except Exception as e:
             self._record_failure(e)
             raise TrainingError(self._failure_line(e)) from e
 
@@ -661,5 +637,5 @@ class PipelineTrainer(LocalTrainer):
         _peer_op(dist.all_gather_object, stages, mine)
         metrics['pipeline'] = dict(stages=self.num_stages, split=[f'{a}-{b - 1}' for a, b in self.split],
                                    window=self.window, per_stage=stages,
-                                   unit_costs_s=getattr(self, 'unit_costs', None))
+                                   unit_costs_s=self.unit_costs)
         return metrics

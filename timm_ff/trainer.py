@@ -25,7 +25,7 @@ from .errors import CheckpointError, TrainingError
 from .task import LocalTask, check_micro_batch_size
 from .data.tensor import TensorLoader
 
-__all__ = ['JSONLinesTracker', 'TrainState', 'LocalTrainer', 'find_checkpoint', 'write_json_atomic', 'compile_units',
+__all__ = ['JSONLinesTracker', 'TrainState', 'LocalTrainer', 'AccuracyCounts', 'find_checkpoint', 'write_json_atomic', 'compile_units',
            'to_channels_last']
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -139,6 +139,35 @@ def compile_units(units: List[torch.nn.Module]) -> str:
 
 
 _FUSION_MARGIN_PP = 0.5
+
+
+class AccuracyCounts:
+    """Per-unit and fused top-1 hits summed on the device over eval batches, read once in :meth:`result`.
+
+    Rows labelled -1 (the tensor loader's padding of its last batch) are not counted.
+    """
+
+    def __init__(self):
+        self.correct, self.total = None, None
+
+    @staticmethod
+    def predictions(unit_logits: List[torch.Tensor], fused: torch.Tensor) -> torch.Tensor:
+        """(B, units + 1) predicted classes: every unit's, then the fused one."""
+        return torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
+
+    def add(self, preds: torch.Tensor, y: torch.Tensor) -> None:
+        """Count a batch of :meth:`predictions` against labels ``y``."""
+        keep = y >= 0
+        hits = ((preds == y[:, None]) & keep[:, None]).sum(0)
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.total = keep.sum() if self.total is None else self.total + keep.sum()
+
+    def result(self) -> Dict:
+        """Accuracies in percent (one host read)."""
+        if self.correct is None:
+            return dict(accuracy=0.0, unit_accuracy=[], eval_images=0)
+        values = torch.cat([self.correct.float() / self.total.clamp_min(1) * 100, self.total[None].float()]).tolist()
+        return dict(accuracy=values[-2], unit_accuracy=values[:-2], eval_images=int(values[-1]))
 
 
 class LocalTrainer:
@@ -456,22 +485,14 @@ class LocalTrainer:
     def evaluate(self, loader=None) -> Dict[str, float]:
         """Per-unit and fused top-1 accuracy on the eval set (or ``loader``), gathered over processes."""
         self.model.eval()
-        correct, total = None, None
+        counts = AccuracyCounts()
         for x, y in (self.eval_loader if loader is None else loader):  # no host read until the end
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
                 fused = self.model.fusion(unit_logits)
-            preds = torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
-            preds, y = self.acc.gather_for_metrics((preds, y))
-            keep = y >= 0  # the tensor loader pads its last batch with label -1 rows
-            hits = ((preds == y[:, None]) & keep[:, None]).sum(0)
-            correct = hits if correct is None else correct + hits
-            total = keep.sum() if total is None else total + keep.sum()
-        if correct is None:
-            return dict(accuracy=0.0, unit_accuracy=[], eval_images=0)
-        values = torch.cat([correct.float() / total.clamp_min(1) * 100, total[None].float()]).tolist()  # one read
-        acc, total = values[:-1], int(values[-1])
-        return dict(accuracy=acc[-1], unit_accuracy=acc[:-1], eval_images=total)
+            preds, y = self.acc.gather_for_metrics((counts.predictions(unit_logits, fused), y))
+            counts.add(preds, y)
+        return counts.result()
 
     def fit(self, resume: Optional[str] = None) -> Dict:
         """Train (resuming if asked), evaluate every epoch; returns the final metrics."""
