@@ -85,9 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--local-backward', default='summed', choices=['summed', 'per_unit'],
                    help='summed: one backward over all unit losses; per_unit: stream units, one backward each')
     g.add_argument('--seed', default=0, type=int, help='seed (data order, augmentation, init)')
-    g.add_argument('--fusion-check-images', default=10000, type=int,
-                   help='after training, check the fusion against each unit (and the mean of the last few) on this '
-                        'many un-augmented training images and keep the most accurate (0: off)')
+    g.add_argument('--fusion-check-images', default=2500, type=int,
+                   help='hold out this many training images (class-stratified, at most a tenth of the train split, '
+                        'never trained on); after training, check the fusion against each unit (and the mean of the '
+                        'last few) on them and keep the most accurate (0: off, nothing held out)')
+    g.add_argument('--eval-every', default=1, type=int,
+                   help='evaluate after every N-th epoch and after the last (classic FF scores every label: an eval '
+                        'of the full CIFAR-10 test set is 100k forward passes)')
     g.add_argument('--compile', action='store_true', help='torch.compile each unit (eager with a warning if it cannot)')
     g.add_argument('--channels-last', action='store_true', help='channels_last memory format for weights and batches')
     g.add_argument('--max-train-steps', default=0, type=int, help='stop after N optimiser steps (0: no limit)')
@@ -222,6 +226,8 @@ def check_args(args):
             raise ConfigError(f"unknown --{key.replace('_', '-')} {getattr(args, key)!r}; allowed: {', '.join(allowed)}")
     if args.fusion_check_images < 0:
         raise ConfigError(f'--fusion-check-images must be >= 0, got {args.fusion_check_images}')
+    if isinstance(args.eval_every, bool) or not isinstance(args.eval_every, int) or args.eval_every < 1:
+        raise ConfigError(f'--eval-every must be a positive number of epochs, got {args.eval_every!r}')
     if not isinstance(args.crop_padding, int) or isinstance(args.crop_padding, bool) or args.crop_padding < 0:
         raise ConfigError(f'--crop-padding must be a non-negative integer number of pixels, got {args.crop_padding!r}')
     if args.pipeline_stages < 0 or args.pipeline_window < 1 or not args.pipeline_timeout > 0:
@@ -297,6 +303,8 @@ def describe_data(data, name: str, train_loader, eval_loader) -> dict:
         digest = getattr(getattr(loader, 'dataset', None), 'content_hash', '')
         if digest:
             info[f'{key}_content_hash'] = f'blake2b-128:{digest}'
+    if data.check is not None:
+        info['fusion_check_rows'] = len(data.check)  # held out of the train split, never trained on
     return info
 
 
@@ -369,7 +377,7 @@ def main(argv=None) -> int:
             args.dataset or None, data_dir=args.data_dir or None, label_column=args.label_column or None,
             image_column=args.image_column or None, train_split=args.train_split or None,
             eval_split=args.eval_split or None, dataset_kwargs=args.dataset_kwargs, holdout=args.holdout,
-            max_per_class=args.max_per_class, classes=args.classes)
+            max_per_class=args.max_per_class, classes=args.classes, check_images=args.fusion_check_images)
     accelerator.print(f'processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}')
     accelerator.print(f'data: {data.source}: {len(data.train)} train / {len(data.eval)} eval images, '
                       f'{data.num_classes} classes ({data.label_column})')
@@ -410,9 +418,9 @@ def main(argv=None) -> int:
             train_transform_kwargs=dict(scale=tuple(args.aug_scale), hflip=args.hflip,
                                         color_jitter=args.color_jitter or None))
     fusion_check_loader = None
-    if args.fusion_check_images > 0 and len(model.fusion.fused_units) > 1:
+    if data.check is not None and len(model.fusion.fused_units) > 1:
         import dataclasses
-        subset = data.train.select(range(min(args.fusion_check_images, len(data.train))))
+        subset = data.check
         _, fusion_check_loader = create_loaders(
             dataclasses.replace(data, train=subset, eval=subset), data_config=data_config,
             batch_size=args.eval_batch_size or args.batch_size, num_workers=args.workers, in_chans=in_chans,
@@ -466,7 +474,7 @@ def main(argv=None) -> int:
         local_backward=args.local_backward, clip_grad=args.clip_grad or None,
         checkpoint_steps=args.checkpoint_steps, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         max_train_steps=args.max_train_steps, seed=args.seed, progress=not args.no_progress,
-        fusion_check_loader=fusion_check_loader, micro_batches=args.unit_micro_batches)
+        fusion_check_loader=fusion_check_loader, micro_batches=args.unit_micro_batches, eval_every=args.eval_every)
     if args.pipeline_stages:
         from timm_ff.pipeline import PipelineTrainer, parse_split
         split = parse_split(args.pipeline_split, len(model.local_units()), args.pipeline_stages) \
@@ -487,6 +495,10 @@ def main(argv=None) -> int:
                        seed=args.seed, git_commit=run_info['git_commit'])
         write_json_atomic(out_dir / 'metrics.json', metrics)  # written last: its presence marks a finished run
         accelerator.print(f"done: fused accuracy {metrics['accuracy']:.2f}% -> {out_dir}")
+        if data.is_sample:
+            accelerator.print(f'this trained on the bundled {len(data.train)}-image sample; for real results train on the '
+                              f'full data: add --data-dir DIR (a local CIFAR-10 parquet folder, e.g. '
+                              f'../shared/data/cifar10-jpeg) or go online for --dataset cifar10 from the Hub')
         if args.push_to_hub:
             push_error = _push(out_dir, args)
             if not push_error:

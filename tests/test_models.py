@@ -189,7 +189,7 @@ def test_model_features_only(model_name):
 
 # every DTG-FF switch (FF_KWARGS) and each of its values, on the two small DTG-FF models
 SWITCHES = [(k, v) for k, vals in _CHOICES.items() for v in vals] + [
-    ('label_embed', True), ('decoupled', False), ('goodness_groups', 4), ('goodness_patches', 3),
+    ('label_embed', True), ('label_plane_size', 16), ('decoupled', False), ('goodness_groups', 4), ('goodness_patches', 3),
     ('fuse_last', 2), ('t_min', 0.25), ('t_max', 8.0), ('t_init', 2.0), ('t_momentum', 0.0)]
 
 
@@ -351,8 +351,10 @@ _BAD_CHOICES = [
     ('unit_norm', 'x', ('layernorm', 'length', 'none')),
     ('goodness_reduce', 'x', ('mean', 'sum')),
     ('head_proj', 'x', ('learned', 'fixed')),
+    ('label_code', 'corner', ('bias', 'plane')),
 ]
-_RESNET_CHOICES = [('stem', 'x', ('cifar', 'imagenet')), ('unit_size', 'x', ('block', 'stage'))]
+_RESNET_CHOICES = [('stem', 'x', ('cifar', 'imagenet')), ('unit_size', 'x', ('block', 'stage')),
+                   ('goodness_at', 'pre_add', ('output', 'branch'))]
 _BAD_CHOICE_CASES = [(m, *c) for m in ('dtgff_resnet18', 'ff_resnet18', 'dtgff_cnn_s', 'dtgff_mlp')
                      for c in _BAD_CHOICES + (_RESNET_CHOICES if '_resnet' in m else [])]
 
@@ -370,7 +372,7 @@ def test_bad_choice_value(model_name, key, value, allowed):
 
 @pytest.mark.parametrize('model_name', ['dtgff_cnn_s', 'dtgff_mlp'])
 def test_resnet_only_kwargs_are_unknown_elsewhere(model_name):
-    for key in ('stem', 'unit_size'):
+    for key in ('stem', 'unit_size', 'goodness_at'):
         with pytest.raises(ConfigError, match=f"unknown model kwarg '{key}'"):
             timm.create_model(model_name, **{key: 'cifar'})
 

@@ -36,6 +36,24 @@ def test_default_run_offline_writes_a_loadable_timm_model(tmp_path):
 
 
 @pytest.mark.timeout(600)
+def test_eval_every_and_held_out_fusion_check(tmp_path):
+    """--eval-every 2 skips epoch 0's eval; the fusion check runs on training images held out of training;
+    a run on the bundled sample ends by saying how to train on the full data."""
+    out = tmp_path / 'run'
+    proc = run_train('--model', 'ff_cnn_s', '--epochs', '2', '--eval-every', '2', '--max-per-class', '10',
+                     '--fusion-check-images', '40', '--output', out)
+    assert_ok(proc)
+    assert 'epoch 0: loss' in proc.stdout and '(no eval: --eval-every 2)' in proc.stdout
+    assert 'epoch 1: loss' in proc.stdout and 'fused acc' in proc.stdout.split('epoch 1: loss')[1]
+    assert 'for real results train on the full data: add --data-dir' in proc.stdout.strip().splitlines()[-1]
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert len(metrics['history']) == 1 and metrics['epochs_run'] == 2
+    assert metrics['fusion_check']['images'] == 40
+    info = json.loads((out / 'run_info.json').read_text())
+    assert info['data']['fusion_check_rows'] == 40 and info['data']['train_rows'] == 100
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize('model,objective,extra', [
     ('dtgff_cnn_s', 'dtg', ('--data-pipeline', 'tensor')),
     ('ff_cnn_s', 'ff', ('--data-pipeline', 'tensor', '--aug', 'rrc')),
@@ -127,6 +145,13 @@ BAD_INPUTS = [
      'unit 0 splits each batch into 3 chunks, which does not divide the batch size 64'),
     (['--unit-micro-batches', '{"7": 2}', '--local-backward', 'per_unit'], 'unit index 7 is out of range'),
     (['--data-dir', '{corrupt}', '--dataset', ''], "test-00000-of-00001.parquet' is not readable parquet"),
+    (['--eval-every', '0'], '--eval-every must be a positive number of epochs, got 0'),
+    (['--model', 'ff_resnet18', '--model-kwargs', '{"goodness_at": "pre"}'],
+     "unknown goodness_at 'pre'; allowed: branch, output"),
+    (['--model', 'ff_cnn_s', '--model-kwargs', '{"label_code": "corner"}'],
+     "unknown value for label_code 'corner'; allowed: bias, plane"),
+    (['--model', 'ff_cnn_s', '--objective-kwargs', '{"passes": "both"}'],
+     "unknown ff passes 'both'; allowed: joint, separate"),
 ]
 
 

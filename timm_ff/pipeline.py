@@ -332,7 +332,7 @@ class PipelineTrainer(LocalTrainer):
             fusion_check_loader: Un-augmented training images for the fusion check (not sharded).
             micro_batches: ``{unit: chunks}`` for :class:`~timm_ff.task.LocalTask`.
             **run_options: ``epochs``, ``output_dir``, ``clip_grad``, ``checkpoint_steps``,
-                ``keep_checkpoints``, ``log_every``, ``max_train_steps``, ``seed``, ``progress``, as
+                ``keep_checkpoints``, ``log_every``, ``max_train_steps``, ``seed``, ``progress``, ``eval_every``, as
                 for :class:`~timm_ff.trainer.LocalTrainer`.
         """
         self._set_run_options(accelerator, model, objective, **run_options)

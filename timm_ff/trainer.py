@@ -195,6 +195,7 @@ class LocalTrainer:
             progress: bool = True,
             fusion_check_loader=None,
             micro_batches: Optional[Dict[int, int]] = None,
+            eval_every: int = 1,
     ):
         """
         Args:
@@ -215,16 +216,20 @@ class LocalTrainer:
             max_train_steps: Stop after this many optimiser steps in total (0: no limit).
             seed: Seeds each step's random draws (e.g. FF negative labels) with (seed, step, rank).
             progress: Show a tqdm bar on the main process.
-            fusion_check_loader: Training images without augmentation (not the eval split). After the
+            fusion_check_loader: Training images held out of training (never trained on), without
+                augmentation; not the eval split. After the
                 last epoch the fusion is checked on them against every fused unit alone and the mean
                 of every run of consecutive units, and the most accurate is kept (see :meth:`check_fusion`), so
                 the fused prediction never trails a unit it could have chosen.
             micro_batches: ``{unit: chunks}``: micro-batch those units inside each step (see
                 :class:`~timm_ff.task.LocalTask`; ``per_unit`` mode).
+            eval_every: Evaluate after every N-th epoch and after the last (classic FF scores every
+                label, so an eval can cost more than an epoch of training).
         """
         self._set_run_options(accelerator, model, objective, epochs=epochs, output_dir=output_dir, clip_grad=clip_grad,
                               checkpoint_steps=checkpoint_steps, keep_checkpoints=keep_checkpoints,
-                              log_every=log_every, max_train_steps=max_train_steps, seed=seed, progress=progress)
+                              log_every=log_every, max_train_steps=max_train_steps, seed=seed, progress=progress,
+                              eval_every=eval_every)
         self.scheduler = scheduler
 
         model.to(accelerator.device)
@@ -255,7 +260,8 @@ class LocalTrainer:
 
     def _set_run_options(self, accelerator, model, objective, *, epochs: int, output_dir: Path,
                          clip_grad: Optional[float] = None, checkpoint_steps: int = 0, keep_checkpoints: int = 2,
-                         log_every: int = 20, max_train_steps: int = 0, seed: int = 0, progress: bool = True):
+                         log_every: int = 20, max_train_steps: int = 0, seed: int = 0, progress: bool = True,
+                         eval_every: int = 1):
         """The settings of a run (see ``__init__``), shared with :class:`timm_ff.pipeline.PipelineTrainer`."""
         self.acc = accelerator
         self.model = model
@@ -266,6 +272,7 @@ class LocalTrainer:
         self.checkpoint_steps = checkpoint_steps
         self.keep_checkpoints = max(1, keep_checkpoints)
         self.log_every = max(1, log_every)
+        self.eval_every = max(1, eval_every)
         self.max_train_steps = max_train_steps
         self.seed = seed
         self.progress = progress
@@ -495,26 +502,31 @@ class LocalTrainer:
         return counts.result()
 
     def fit(self, resume: Optional[str] = None) -> Dict:
-        """Train (resuming if asked), evaluate every epoch; returns the final metrics."""
+        """Train (resuming if asked), evaluate every ``eval_every`` epochs and after the last; returns the final metrics."""
         if resume:
             self.load_checkpoint(resume)
         history: List[Dict] = []
-        train_time, train_images = 0.0, 0
+        train_time, train_images, epochs_run = 0.0, 0, 0
         wall0 = time.perf_counter()
         while self.state.epoch < self.epochs and not self._done():
             epoch = self.state.epoch
             stats = self.train_epoch(epoch)
             train_time += stats['train_time_s']
             train_images += stats['train_images']
-            metrics = self.evaluate()
-            row = dict(epoch=epoch, step=self.state.global_step, **stats, **metrics)
-            history.append(row)
-            self.acc.log({'eval/accuracy': metrics['accuracy'], 'train/epoch_loss': stats['train_loss'],
-                          **{f'eval/unit{u}_accuracy': a for u, a in enumerate(metrics['unit_accuracy'])}},
-                         step=self.state.global_step)
-            self.acc.print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  fused acc {metrics['accuracy']:.2f}%  "
-                           f"units {' '.join(f'{a:.1f}' for a in metrics['unit_accuracy'])}  "
-                           f"({stats['train_images'] / max(stats['train_time_s'], 1e-9):.0f} img/s)")
+            epochs_run += 1
+            speed = f"({stats['train_images'] / max(stats['train_time_s'], 1e-9):.0f} img/s)"
+            if (epoch + 1) % self.eval_every and epoch + 1 < self.epochs and not self._done():
+                self.acc.log({'train/epoch_loss': stats['train_loss']}, step=self.state.global_step)
+                self.acc.print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  (no eval: --eval-every "
+                               f"{self.eval_every})  {speed}")
+            else:
+                metrics = self.evaluate()
+                history.append(dict(epoch=epoch, step=self.state.global_step, **stats, **metrics))
+                self.acc.log({'eval/accuracy': metrics['accuracy'], 'train/epoch_loss': stats['train_loss'],
+                              **{f'eval/unit{u}_accuracy': a for u, a in enumerate(metrics['unit_accuracy'])}},
+                             step=self.state.global_step)
+                self.acc.print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  fused acc {metrics['accuracy']:.2f}%  "
+                               f"units {' '.join(f'{a:.1f}' for a in metrics['unit_accuracy'])}  {speed}")
             if self.state.step_in_epoch >= len(self.train_loader):
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
@@ -524,7 +536,7 @@ class LocalTrainer:
         if fusion_check is not None and fusion_check['chosen'] != 'as trained':
             final = dict(final, **self.evaluate())
         return dict(
-            accuracy=final['accuracy'], unit_accuracy=final['unit_accuracy'], epochs_run=len(history),
+            accuracy=final['accuracy'], unit_accuracy=final['unit_accuracy'], epochs_run=epochs_run,
             fusion_check=fusion_check,
             global_step=self.state.global_step, train_images_per_s=train_images / train_time if train_time else None,
             train_time_s=train_time, wall_time_s=time.perf_counter() - wall0, history=history,

@@ -16,7 +16,7 @@ Modules, one concept each (every public name is importable from :mod:`timm_ff.da
 * :mod:`~timm_ff.data.sources`: local parquet / image folders, the Hub, the bundled samples
   (:data:`SAMPLE_DIR`, :data:`CHECK_SAMPLES`) and :func:`load_image_datasets`;
 * :mod:`~timm_ff.data.splits`: :class:`ImageData` and how splits and columns are picked;
-* :mod:`~timm_ff.data.subsets`: holdout, :func:`cap_per_class`, :func:`select_classes`;
+* :mod:`~timm_ff.data.subsets`: holdout, :func:`hold_out_check`, :func:`cap_per_class`, :func:`select_classes`;
 * :mod:`~timm_ff.data.transforms`: :func:`make_transform`, per-sample seeded augmentation,
   :func:`set_augmentation_epoch`;
 * :mod:`~timm_ff.data.loaders`: :func:`create_loaders` (the PIL path), :func:`batches_per_process`;
@@ -31,7 +31,7 @@ from .loaders import batches_per_process, create_loaders
 from .registry import GENERATED, DatasetSpec, get_dataset_spec, list_datasets
 from .sources import CHECK_SAMPLES, SAMPLE_DIR, load_image_datasets
 from .splits import ImageData
-from .subsets import HOLDOUT_SEED, ClassSelection, cap_per_class, select_classes
+from .subsets import HOLDOUT_SEED, ClassSelection, cap_per_class, hold_out_check, select_classes
 from .tensor import (
     DATA_PIPELINES, TENSOR_MEMORY_BUDGET, TRAIN_AUGS, BatchAugment, DecodedSplit, TensorLoader,
     check_augmentation, choose_pipeline, create_tensor_loaders, decode_split, decoded_cache_dir,
@@ -42,7 +42,7 @@ from .transforms import make_transform, set_augmentation_epoch
 __all__ = [
     'DatasetSpec', 'ImageData', 'list_datasets', 'get_dataset_spec', 'load_image_datasets',
     'make_transform', 'create_loaders', 'set_augmentation_epoch', 'choose_pipeline', 'batches_per_process',
-    'SAMPLE_DIR', 'CHECK_SAMPLES', 'TENSOR_MEMORY_BUDGET', 'sample_accuracy', 'select_classes', 'cap_per_class',
+    'SAMPLE_DIR', 'CHECK_SAMPLES', 'TENSOR_MEMORY_BUDGET', 'sample_accuracy', 'select_classes', 'cap_per_class', 'hold_out_check',
     'HOLDOUT_SEED',
     # also importable from here: the generated datasets, class selections and the tensor path
     'GENERATED', 'ClassSelection', 'create_tensor_loaders', 'DATA_PIPELINES', 'TRAIN_AUGS', 'BatchAugment',

@@ -26,7 +26,7 @@ from ..errors import DataError
 from ..synthetic import describe as describe_synthetic
 from .registry import GENERATED, DatasetSpec, get_dataset_spec, list_datasets
 from .splits import ImageData, _select
-from .subsets import HOLDOUT_SEED, ClassSelection, _holdout, cap_per_class, select_classes
+from .subsets import HOLDOUT_SEED, ClassSelection, _holdout, cap_per_class, hold_out_check, select_classes
 
 __all__ = ['SAMPLE_DIR', 'CHECK_SAMPLES', 'load_image_datasets']
 
@@ -123,11 +123,12 @@ def load_image_datasets(name: str | None = None, data_dir: str | None = None,
                         label_column: str | None = None, image_column: str | None = None,
                         train_split: str | None = None, eval_split: str | None = None,
                         allow_sample_fallback: bool = True, dataset_kwargs: dict | None = None,
-                        holdout: float = 0.0, max_per_class: int = 0, classes: ClassSelection = None) -> ImageData:
+                        holdout: float = 0.0, max_per_class: int = 0, classes: ClassSelection = None,
+                        check_images: int = 0) -> ImageData:
     """Load a train/eval pair of image-classification splits.
 
     The optional steps run in this order: ``holdout`` carves the eval split out of the train split,
-    ``max_per_class`` caps the training images per class, ``classes`` keeps (and renumbers, or groups)
+    ``check_images`` moves training images to ``check`` (for the fusion check), ``max_per_class`` caps the training images per class, ``classes`` keeps (and renumbers, or groups)
     classes in both splits.
 
     Args:
@@ -147,6 +148,8 @@ def load_image_datasets(name: str | None = None, data_dir: str | None = None,
         classes: Which classes to keep (see :func:`select_classes`): N (the first N), a list of class ids
             or names (renumbered 0..len-1 in that order), or a dict ``{group name: [classes]}`` (one label
             per group, e.g. vehicles vs animals).
+        check_images: If > 0, hold out this many training images (class-stratified, seeded by
+            :data:`HOLDOUT_SEED`, before the cap) as ``check``: the fusion check's images, never trained on.
 
     Returns:
         The selected splits and their metadata; ``source`` says where the data came from.
@@ -178,6 +181,8 @@ def load_image_datasets(name: str | None = None, data_dir: str | None = None,
         dd, train_split, eval_split = _holdout(dd, where, spec, train_split, label_column, holdout)
         source += f' (eval: {holdout:g} of the train split held out, stratified, seed {HOLDOUT_SEED})'
     data = _select(dd, where, source, spec, label_column, image_column, train_split, eval_split, is_sample)
+    if check_images:
+        data = hold_out_check(data, check_images)
     if max_per_class:
         data = cap_per_class(data, max_per_class)
     if classes is not None:

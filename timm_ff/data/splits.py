@@ -33,6 +33,7 @@ class ImageData:
         class_names: Class names from the ``ClassLabel`` feature, or None.
         source: Human-readable origin (Hub id, local path or the bundled sample), for the CLI to print.
         is_sample: True when the bundled CIFAR-10 sample stands in for the requested dataset.
+        check: Training images held out of ``train`` (never trained on) for the fusion check, or None.
     """
 
     train: datasets.Dataset
@@ -43,6 +44,7 @@ class ImageData:
     class_names: list[str] | None
     source: str
     is_sample: bool = False
+    check: datasets.Dataset | None = None
 
 
 def _pick_splits(dd: datasets.DatasetDict, where: str, spec: DatasetSpec | None,

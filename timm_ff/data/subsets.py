@@ -15,12 +15,14 @@ from ..errors import DataError
 from .registry import DatasetSpec
 from .splits import ImageData, _pick_label_column
 
-__all__ = ['HOLDOUT_SEED', 'ClassSelection', 'cap_per_class', 'select_classes']
+__all__ = ['HOLDOUT_SEED', 'ClassSelection', 'hold_out_check', 'cap_per_class', 'select_classes']
 
 
 HOLDOUT_SEED = 0
 """Seed of the held-out eval split (``holdout``): the same images for every run seed."""
 ClassSelection = Union[int, list, dict, None]
+CHECK_MAX_DIVISOR = 10
+"""At most ``1 / CHECK_MAX_DIVISOR`` of the train split is held out for the fusion check."""
 
 
 def _holdout(dd: datasets.DatasetDict, where: str, spec: DatasetSpec | None, train_split: str | None,
@@ -42,6 +44,33 @@ def _holdout(dd: datasets.DatasetDict, where: str, spec: DatasetSpec | None, tra
                         f'{label!r} ({str(e).splitlines()[0]}): every class needs at least 2 rows and the held-out '
                         'part at least one row per class') from e
     return datasets.DatasetDict(train=parts['train'], test=parts['test']), 'train', 'test'
+
+
+def hold_out_check(data: ImageData, images: int) -> ImageData:
+    """Move ``images`` training images (class-stratified, seeded by :data:`HOLDOUT_SEED`) to ``data.check``.
+
+    The fusion check judges on them: images the units never trained on, so it cannot prefer a unit
+    that fits the training set better than it generalises. At most a tenth of the train split is held
+    out (fewer images than asked for on a small split; ``source`` says how many).
+    """
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise DataError(f'check_images (--fusion-check-images) must be a positive integer, got {images!r}')
+    n = len(data.train)
+    images = min(images, n // CHECK_MAX_DIVISOR)
+    label = data.label_column
+    feature = data.train.features[label]
+    # split the (index, label) pairs only, then select: both parts keep split order (a cap still takes the first N)
+    pairs = datasets.Dataset.from_dict({'index': list(range(n)), label: data.train[label]},
+                                       features=datasets.Features(index=datasets.Value('int64'), **{label: feature}))
+    stratify = label if isinstance(feature, datasets.ClassLabel) else None
+    try:
+        parts = pairs.train_test_split(test_size=images, stratify_by_column=stratify, seed=HOLDOUT_SEED)
+    except ValueError as e:  # fewer held-out rows than classes
+        raise DataError(f'cannot hold out {images} of the {n} training images stratified by {label!r} '
+                        f'({str(e).splitlines()[0]}): hold out at least one image per class') from e
+    return dataclasses.replace(data, train=data.train.select(sorted(parts['train']['index'])),
+                               check=data.train.select(sorted(parts['test']['index'])),
+                               source=data.source + f' ({images} training images held out for the fusion check)')
 
 
 def cap_per_class(data: ImageData, max_per_class: int) -> ImageData:
@@ -121,5 +150,7 @@ def select_classes(data: ImageData, classes: ClassSelection) -> ImageData:
                         features=features)
     what = ', '.join(f"{g}={'+'.join(str(c) for c in m)}" if len(m) > 1 else g for g, m in groups.items())
     what = what if len(groups) <= 12 else f'{len(groups)} of {avail}'
-    return dataclasses.replace(data, train=restrict(data.train), eval=restrict(data.eval), num_classes=len(names),
+    check = restrict(data.check) if data.check is not None else None
+    return dataclasses.replace(data, train=restrict(data.train), eval=restrict(data.eval), check=check,
+                               num_classes=len(names),
                                class_names=names, source=data.source + f' (classes: {what})')

@@ -3,7 +3,10 @@
 A unit's goodness is read from its raw activation while the next unit receives a separately
 normalised copy, so a unit cannot hand its goodness on and the next unit must find new features.
 These norms are parameter-free on purpose: the coupled ablation re-applies the very same norm
-inside the goodness head, and the two must be the same function.
+inside the goodness head, and the two must be the same function. ``'batchnorm'`` (Trifecta's norm at
+each block's input, for classic FF) is BatchNorm without affine parameters over the batch, which in
+classic FF holds the positive and the negative pass together: unlike the per-sample norms it keeps how
+a sample's energy compares with the batch's. Its running statistics are buffers, one set per instance.
 """
 import torch
 import torch.nn as nn
@@ -40,11 +43,18 @@ class ChannelLayerNorm(nn.Module):
         return channel_layer_norm(x)
 
 
-UNIT_NORMS = {'length': LengthNorm, 'layernorm': ChannelLayerNorm, 'none': nn.Identity}
+UNIT_NORMS = {'length': LengthNorm, 'layernorm': ChannelLayerNorm, 'batchnorm': nn.BatchNorm2d, 'none': nn.Identity}
 
 
-def create_unit_norm(kind: str) -> nn.Module:
-    """Build a between-unit norm by name ('length', 'layernorm' or 'none')."""
+def create_unit_norm(kind: str, num_channels: int = 0, spatial: bool = True) -> nn.Module:
+    """Build a between-unit norm by name ('length', 'layernorm', 'batchnorm' or 'none').
+
+    ``num_channels`` (and ``spatial``: 2d or 1d) size the 'batchnorm' statistics; the others ignore them.
+    """
     if kind not in UNIT_NORMS:
         raise unknown_choice('unit norm', kind, UNIT_NORMS)
+    if kind == 'batchnorm':
+        if num_channels < 1:
+            raise ValueError("unit_norm='batchnorm' needs the unit's channel count")
+        return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(num_channels, affine=False)
     return UNIT_NORMS[kind]()

@@ -38,7 +38,9 @@ OUTPUT_FMTS = ('NCHW',)  # forward_intermediates formats (MLP units are (B, C) w
 # so they are model kwargs (saved in config.json) rather than objective or recipe settings.
 FF_KWARGS = dict(
     norm='batchnorm',  # norm inside units: 'batchnorm' or 'none' (classic FF: BN would fix each pass's energy)
-    label_embed=False,  # classic FF: the label is embedded at the input (before the stem's ReLU) and labels are scored
+    label_embed=False,  # classic FF: the label is embedded at the input and labels are scored
+    label_code='bias',  # classic FF label code: 'bias' (a learned per-class vector before the stem's ReLU) or 'plane'
+    label_plane_size=32,  # side of the learned per-class input plane ('plane'; resized to other input sizes)
     goodness='channel',  # goodness vector: 'channel' groups, 'patch' grid, 'channel_patch', or per channel per cell 'grid'
     goodness_groups=0,  # channel groups (0: one per channel)
     goodness_patches=2,  # grid side for 'patch' and 'grid' goodness
@@ -49,7 +51,7 @@ FF_KWARGS = dict(
     t_max=4.0,  # upper bound of the dynamic temperature
     t_init=1.0,  # initial (and, for 'fixed', constant) temperature
     t_momentum=0.9,  # EMA momentum of the temperature history
-    unit_norm='layernorm',  # norm of the tensor handed to the next unit: 'layernorm', 'length', 'none'
+    unit_norm='layernorm',  # norm of the tensor handed to the next unit: 'layernorm', 'length', 'batchnorm', 'none'
     decoupled=True,  # goodness from the raw activation (True) or from the handed-on normalised one
     fusion='learned',  # 'learned' weights, 'mean' of units, or 'last' unit only
     fuse_last=0,  # M: fuse the last M units (0: all)
@@ -61,7 +63,8 @@ DTGFF_DEFAULTS = dict(FF_KWARGS, goodness='grid', goodness_patches=4)
 # units, fixed T, goodness summed (averaged) over all units to score each label.
 FF_DEFAULTS = dict(FF_KWARGS, norm='none', label_embed=True, temperature='fixed', unit_norm='length', fusion='mean')
 
-_CHOICES = dict(norm=('batchnorm', 'none'), goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
+LABEL_CODES = ('bias', 'plane')
+_CHOICES = dict(norm=('batchnorm', 'none'), label_code=LABEL_CODES, goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
                 temperature=tuple(TEMPERATURES), unit_norm=tuple(UNIT_NORMS), fusion=FUSION_MODES)
 
 
@@ -92,8 +95,46 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int):
 torch.fx.wrap('check_image_input')
 
 
+def _resize_plane(plane: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The (B, 1, S, S) label plane resized to the spatial size of the image ``like`` (a no-op at S x S)."""
+    if plane.shape[-2:] == like.shape[-2:]:
+        return plane
+    return torch.nn.functional.interpolate(plane, size=like.shape[-2:], mode='bilinear', align_corners=False)
+
+
+torch.fx.wrap('_resize_plane')
+
+
+class LabelPlane(nn.Module):
+    """Classic FF label code as a learned input plane (Trifecta's, Dooms et al. 2023).
+
+    ``weight[k]`` is an S x S image for class k. Concatenated to the image as one more input channel,
+    the stem's first conv would see it through a (C, 1, k, k) kernel; this module holds that kernel
+    (``conv``, the stem conv's geometry) and returns its output, which the unit adds to the stem conv's
+    output. Unlike the 'bias' code the label then varies over the image.
+    """
+
+    def __init__(self, num_classes: int, conv: nn.Conv2d, size: int = 32):
+        super().__init__()
+        self.size = size
+        self.weight = nn.Parameter(torch.randn(num_classes, size * size))
+        self.conv = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        plane = self.weight[labels].reshape(-1, 1, self.size, self.size).to(image.dtype)
+        return self.conv(_resize_plane(plane, image))
+
+
 class LocalUnit(nn.Module):
-    """One locally trained unit: [in_norm] -> [stem (+ label code)] -> body, plus its goodness head."""
+    """One locally trained unit: [in_norm] -> [stem (+ label code)] -> body, plus its goodness head.
+
+    The body returns the tensor handed to the next unit, or a tuple (that tensor, the tensor the
+    head reads its goodness from).
+    """
 
     def __init__(
             self,
@@ -126,21 +167,32 @@ class LocalUnit(nn.Module):
         else:
             if self.label_embed is None:
                 raise ConfigError('labels were given to a unit that has no label code (label_embed=False)')
-            x = self._stem_with_code(x, self.label_embed(labels))
+            x = self._stem_with_code(x, labels)
         h = self.body(x)
+        # a body may hand on one tensor and read its goodness from another (a ResNet block's branch)
+        h, tap = h if isinstance(h, tuple) else (h, h)
         if with_logits:
-            return h, self.head(h)
+            return h, self.head(tap)
         return h
 
-    def _stem_with_code(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """The stem with the label code added to the pre-activation of its ``act`` child.
+    def _stem_with_code(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The stem with the label code added inside it.
 
-        A per-class bias before the stem's nonlinearity is what one-hot label planes concatenated to
-        the image give after the first conv (away from the borders), so unit 0 mixes label and image
-        nonlinearly. A stem without an ``act`` child (the MLP's flatten) gets the code on its output,
-        i.e. on the input vector, as in Hinton's label pixels.
+        A :class:`LabelPlane` code is added to the output of the stem's ``conv`` child (what an extra
+        input channel would add). A 'bias' code (an ``nn.Embedding``) is added to the pre-activation of
+        its ``act`` child: a per-class bias before the stem's nonlinearity is what one-hot label planes
+        concatenated to the image give after the first conv (away from the borders), so unit 0 mixes
+        label and image nonlinearly. A stem without an ``act`` child (the MLP's flatten) gets the code
+        on its output, i.e. on the input vector, as in Hinton's label pixels.
         """
-        code = code.to(x.dtype)
+        if isinstance(self.label_embed, LabelPlane):
+            image = x
+            for name, module in self.stem.named_children():
+                x = module(x)
+                if name == 'conv':
+                    x = x + self.label_embed(labels, image)
+            return x
+        code = self.label_embed(labels).to(x.dtype)
         code = code[:, :, None, None] if self.spatial else code
         children = list(self.stem.named_children()) if isinstance(self.stem, nn.Sequential) else []
         if 'act' not in dict(children):
@@ -174,7 +226,14 @@ class FFNet(nn.Module):
         if cfg['label_embed'] and cfg['fusion'] == 'learned':
             raise ConfigError("fusion='learned' needs every unit's class logits in each training step, but classic FF "
                               "models (label_embed=True) score labels only at eval; use fusion='mean' or 'last'")
+        if cfg['label_embed'] and cfg['label_code'] == 'plane' and not (isinstance(getattr(stem, 'conv', None), nn.Conv2d) and spatial):
+            raise ConfigError("label_code='plane' adds a learned label plane through the stem's first conv; this model "
+                              "has no conv stem (an MLP): use label_code='bias'")
+        if not isinstance(cfg['label_plane_size'], int) or isinstance(cfg['label_plane_size'], bool) \
+                or cfg['label_plane_size'] < 1:
+            raise ConfigError(f"label_plane_size must be a positive integer, got {cfg['label_plane_size']!r}")
         self.ff_cfg = cfg
+        self._stem_chs = stem_chs
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.spatial = spatial
@@ -187,16 +246,15 @@ class FFNet(nn.Module):
             units.append(LocalUnit(
                 body=body,
                 head=self._make_head(c),
-                in_norm=create_unit_norm(cfg['unit_norm']) if u > 0 else None,
+                in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial) if u > 0 else None,
                 stem=stem if u == 0 else None,
-                label_embed=self._make_label_embed(stem_chs) if u == 0 else None,
+                label_embed=self._make_label_embed(stem) if u == 0 else None,
                 spatial=spatial,
             ))
         # an nn.Sequential registered first: timm's FeatureListNet walks (and flattens) children in order
         self.units = nn.Sequential(*units)
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool)) if spatial else nn.Identity()
         self.fusion = LogitFusion(len(units), cfg['fusion'], cfg['fuse_last'])
-        self._stem_chs = stem_chs
         self.feature_info = [dict(num_chs=c, reduction=r, module=f'units.{u}')
                              for u, (c, r) in enumerate(zip(chs, reductions))]
         self._min_size = reductions[-1] if spatial else 1
@@ -218,14 +276,16 @@ class FFNet(nn.Module):
             reduce=cfg['goodness_reduce'],
             proj=cfg['head_proj'],
             temperature=temp,
-            coupled_norm=None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm']),
+            coupled_norm=None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial),
             spatial=self.spatial,
         )
 
-    def _make_label_embed(self, dim: int) -> Optional[nn.Embedding]:
+    def _make_label_embed(self, stem: nn.Module) -> Optional[nn.Module]:
         if not self.label_embed_enabled or self.num_classes <= 0:
             return None
-        emb = nn.Embedding(self.num_classes, dim)
+        if self.ff_cfg['label_code'] == 'plane':
+            return LabelPlane(self.num_classes, stem.conv, self.ff_cfg['label_plane_size'])
+        emb = nn.Embedding(self.num_classes, self._stem_chs)
         nn.init.normal_(emb.weight, std=1.0)
         return emb
 
@@ -391,7 +451,7 @@ class FFNet(nn.Module):
             self.model_args['global_pool'] = global_pool
         for unit in self.units:
             unit.head.reset(0 if self.label_embed_enabled else num_classes)
-        self.units[0].label_embed = self._make_label_embed(self._stem_chs)
+        self.units[0].label_embed = self._make_label_embed(self.units[0].stem)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

@@ -10,10 +10,20 @@ Each residual block (``unit_size='block'``) or stage (``'stage'``) is one local 
 folded into the first. ``stem='cifar'`` is a 3x3 stride-1 conv for 32x32 inputs, ``'imagenet'`` the
 7x7 stride-2 conv + max-pool for 224x224; by default it follows the pretrained tag's input size.
 Blocks are timm's own :class:`timm.models.resnet.BasicBlock`.
+
+Where a unit's goodness is read (``goodness_at``): ``'output'`` reads the block's output
+``relu(shortcut(x) + f(x))``, so a block inherits its input's energy through the identity path and can
+score well while learning little; ``'branch'`` reads the residual branch ``f(x)`` before the add (as
+DeeperForward computes each layer's loss), so the goodness is what the block itself adds. The next unit
+receives the block output either way. With ``'branch'`` the stride-2 shortcuts are parameter-free
+(average pool + zero channels, the CIFAR ResNet's option A): a learned 1x1 shortcut would never get a
+gradient, as nothing it computes reaches a goodness.
 """
 from typing import Optional, Tuple
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, downsample_conv
@@ -26,7 +36,42 @@ __all__ = ['FFResNet']
 
 STEMS = ('cifar', 'imagenet')
 UNIT_SIZES = ('block', 'stage')
-_FAMILY_KWARGS = ('layers', 'channels', 'stem', 'unit_size', 'num_classes', 'in_chans', 'global_pool')
+GOODNESS_AT = ('output', 'branch')
+_FAMILY_KWARGS = ('layers', 'channels', 'stem', 'unit_size', 'goodness_at', 'num_classes', 'in_chans', 'global_pool')
+
+
+class PadShortcut(nn.Module):
+    """Parameter-free shortcut: ``stride`` x ``stride`` average pool, then zero channels up to ``out_chs``."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.pad, self.stride = out_chs - in_chs, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x, self.stride) if self.stride > 1 else x
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
+
+
+class BranchBlock(BasicBlock):
+    """timm's BasicBlock returning ``(relu(shortcut(x) + f(x)), f(x))``: its output and its residual branch."""
+
+    def forward(self, x: torch.Tensor):
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        f = self.bn2(self.conv2(self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))))
+        if self.se is not None:
+            f = self.se(f)
+        if self.drop_path is not None:
+            f = self.drop_path(f)
+        return self.act2(f + shortcut), f
+
+
+class BranchStage(nn.Sequential):
+    """A stage of :class:`BranchBlock` units: the last block's output and its residual branch."""
+
+    def forward(self, x: torch.Tensor):
+        for block in self:
+            x, f = block(x)
+        return x, f
 
 
 class FFResNet(FFNet):
@@ -38,6 +83,7 @@ class FFResNet(FFNet):
             channels: Tuple[int, ...] = (64, 128, 256, 512),
             stem: str = 'cifar',
             unit_size: str = 'block',
+            goodness_at: str = 'output',
             num_classes: int = 10,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -49,6 +95,8 @@ class FFResNet(FFNet):
             channels: Channels per stage.
             stem: 'cifar' (3x3 conv, stride 1) or 'imagenet' (7x7 conv stride 2 + max-pool).
             unit_size: 'block' (one unit per residual block) or 'stage'.
+            goodness_at: 'output' (goodness of the block output) or 'branch' (of the residual branch
+                before the add; parameter-free stride-2 shortcuts).
             num_classes: K.
             in_chans: Input channels.
             global_pool: timm pool type for ``forward_head`` ('' keeps NCHW).
@@ -60,6 +108,9 @@ class FFResNet(FFNet):
             raise unknown_choice('stem', stem, STEMS)
         if unit_size not in UNIT_SIZES:
             raise unknown_choice('unit_size', unit_size, UNIT_SIZES)
+        if goodness_at not in GOODNESS_AT:
+            raise unknown_choice('goodness_at', goodness_at, GOODNESS_AT)
+        branch = goodness_at == 'branch'
         if len(layers) != len(channels):
             raise ValueError(f'layers {layers} and channels {channels} must have the same length')
         c0 = channels[0]
@@ -81,10 +132,13 @@ class FFResNet(FFNet):
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1
                 down = None
-                if stride != 1 or inplanes != planes:
+                if (stride != 1 or inplanes != planes) and branch:
+                    down = PadShortcut(inplanes, planes, stride)
+                elif stride != 1 or inplanes != planes:
                     down = downsample_conv(inplanes, planes, kernel_size=1, stride=stride,
                                            norm_layer=norm)
-                stage.append(BasicBlock(inplanes, planes, stride=stride, downsample=down, norm_layer=norm))
+                block_cls = BranchBlock if branch else BasicBlock
+                stage.append(block_cls(inplanes, planes, stride=stride, downsample=down, norm_layer=norm))
                 inplanes = planes
                 reduction *= stride
                 if unit_size == 'block':
@@ -93,10 +147,11 @@ class FFResNet(FFNet):
                     reds.append(reduction)
             stages.append(stage)
             if unit_size == 'stage':
-                blocks.append(nn.Sequential(*stage))
+                blocks.append(BranchStage(*stage) if branch else nn.Sequential(*stage))
                 chs.append(planes)
                 reds.append(reduction)
-        family = dict(layers=list(layers), channels=list(channels), stem=stem, unit_size=unit_size)
+        family = dict(layers=list(layers), channels=list(channels), stem=stem, unit_size=unit_size,
+                      goodness_at=goodness_at)
         self._build_units(stem_mod, c0, blocks, chs, reds, num_classes, in_chans, global_pool,
                           spatial=True, ff_kwargs=ff_kwargs, family_kwargs=family)
 

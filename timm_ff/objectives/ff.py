@@ -6,8 +6,11 @@ loss is SymBa's (Lee & Song 2023), ``softplus(alpha * (g_neg - g_pos))`` on each
 threshold loss ``softplus(-(g_pos - theta)) + softplus(g_neg - theta)`` is ``loss='threshold'``. SymBa
 is the default because it learned faster where the two were compared (``benchmarks/results/classic_ff_cpu.json``:
 ``ff_resnet18`` on the bundled CIFAR-10 sample, 16.00% vs 13.40%).
-The two passes are separate forward calls, so they never share BatchNorm batch statistics. Prediction
-scores every label (see ``FFNet.forward_unit_logits``).
+By default (``passes='joint'``) the positive and negative passes run as one batch of 2B, as in Trifecta
+(Dooms et al.): a unit with BatchNorm then normalises over positives and negatives together, so the
+difference between the two survives (separate batches would let BatchNorm set each pass's energy on
+its own, which is ``passes='separate'``). For a unit without BatchNorm the two are the same computation.
+Prediction scores every label (see ``FFNet.forward_unit_logits``).
 """
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ from ..errors import unknown_choice
 from ._base import Objective, register_objective
 
 FF_LOSSES = ('threshold', 'symba')
+FF_PASSES = ('joint', 'separate')
 
 
 @register_objective('ff')
@@ -24,7 +28,8 @@ class FFObjective(Objective):
     local = True
     label_embed = True
 
-    def __init__(self, threshold: float = 1.0, neg_weight: float = 1.0, loss: str = 'symba', alpha: float = 4.0):
+    def __init__(self, threshold: float = 1.0, neg_weight: float = 1.0, loss: str = 'symba', alpha: float = 4.0,
+                 passes: str = 'joint'):
         """
         Args:
             threshold: theta, in units of the model's goodness (mean of squares by default).
@@ -33,9 +38,14 @@ class FFObjective(Objective):
                 ``softplus(alpha * (g_neg - g_pos))`` on each image's positive/negative pair, which
                 balances the two gradients and needs no threshold) or 'threshold' (Hinton: each pass against theta).
             alpha: Scale of the goodness difference in the 'symba' loss.
+            passes: 'joint' (positives and negatives in one batch of 2B, so BatchNorm statistics span both)
+                or 'separate' (two forward calls).
         """
         if loss not in FF_LOSSES:
             raise unknown_choice('ff loss', loss, FF_LOSSES)
+        if passes not in FF_PASSES:
+            raise unknown_choice('ff passes', passes, FF_PASSES)
+        self.passes = passes
         self.threshold = threshold
         self.neg_weight = neg_weight
         self.loss = loss
@@ -48,8 +58,14 @@ class FFObjective(Objective):
 
     def unit_forward(self, unit, u, state):
         first = u == 0
-        hp, gp = unit(state['pos'], labels=state['pos_labels'] if first else None, with_logits=True)
-        hn, gn = unit(state['neg'], labels=state['neg_labels'] if first else None, with_logits=True)
+        if self.passes == 'joint':
+            b = state['pos'].shape[0]
+            labels = torch.cat([state['pos_labels'], state['neg_labels']]) if first else None
+            h, g = unit(torch.cat([state['pos'], state['neg']]), labels=labels, with_logits=True)
+            hp, hn, gp, gn = h[:b], h[b:], g[:b], g[b:]
+        else:
+            hp, gp = unit(state['pos'], labels=state['pos_labels'] if first else None, with_logits=True)
+            hn, gn = unit(state['neg'], labels=state['neg_labels'] if first else None, with_logits=True)
         return dict(pos=hp, neg=hn, pos_labels=None, neg_labels=None), (gp, gn)
 
     def unit_loss(self, u, num_units, out, targets):

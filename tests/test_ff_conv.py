@@ -1,0 +1,181 @@
+"""Classic FF on conv nets and DTG-FF on ResNets: joint positive/negative batches, the label plane,
+goodness read on the residual branch, and the fusion check's held-out images."""
+import collections
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import timm_ff  # noqa: F401  (registers the models)
+from timm_ff import ConfigError, create_objective
+from timm_ff.errors import DataError
+from timm_ff.data import hold_out_check, load_image_datasets
+from timm_ff.models.ff_resnet import BranchBlock, PadShortcut
+from timm_ff.task import LocalTask
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _ff_step(model, objective, x, y, seed=0):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same negative labels for both runs
+    task = LocalTask(model.local_units(), objective, model.num_classes, fusion=model.fusion)
+    return task.step(x, y, backward=lambda loss: loss.backward())
+
+
+@pytest.mark.parametrize('model_name', ['ff_cnn_s', 'ff_resnet18'])
+def test_joint_passes_equal_separate_without_batchnorm(model_name):
+    """Without BatchNorm one 2B batch computes exactly what two B batches do: losses and gradients agree."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, norm='none').train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    joint = _ff_step(model, create_objective('ff', passes='joint'), x, y)
+    g_joint = _grads(model)
+    separate = _ff_step(model, create_objective('ff', passes='separate'), x, y)
+    g_sep = _grads(model)
+    torch.testing.assert_close(joint.losses(), separate.losses(), rtol=1e-4, atol=1e-5)
+    assert g_joint.keys() == g_sep.keys() and g_joint
+    for n in g_joint:
+        torch.testing.assert_close(g_joint[n], g_sep[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_joint_passes_share_batchnorm_statistics():
+    """With BatchNorm the joint pass normalises positives and negatives together: unit 0's BN sees the
+    mean over both passes (what a separate negative pass would have recorded differs)."""
+    torch.manual_seed(0)
+    model = timm.create_model('ff_cnn_s', norm='batchnorm').train()
+    bn = model.units[1].body[1].bn  # the first BN whose input depends on the label
+    bn.momentum = 1.0  # running_mean = the last batch's mean
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    _ff_step(model, create_objective('ff'), x, y)
+    hook.remove()
+    assert seen == [12]  # one batch of 2B
+    joint_mean = bn.running_mean.clone()
+    _ff_step(model, create_objective('ff', passes='separate'), x, y)
+    neg_mean = bn.running_mean.clone()
+    assert not torch.allclose(joint_mean, neg_mean)
+    with pytest.raises(ConfigError, match="unknown ff passes 'both'; allowed: joint, separate"):
+        create_objective('ff', passes='both')
+
+
+@pytest.mark.parametrize('model_name', ['ff_cnn_s', 'ff_resnet18', 'ff_resnet18.imagenet100'])
+def test_label_plane_is_an_extra_input_channel(model_name):
+    """label_code='plane' adds what concatenating the class's learned plane to the image as one more
+    input channel would add after the stem conv (the stem conv's kernel extended by the plane's)."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, label_code='plane').eval()
+    unit = model.units[0]
+    size = model.pretrained_cfg['input_size'][-1]
+    x, y = torch.randn(3, 3, size, size), torch.tensor([0, 4, 9])
+    plane = unit.label_embed
+    conv = unit.stem.conv
+    wide = torch.nn.Conv2d(4, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        wide.weight.copy_(torch.cat([conv.weight, plane.conv.weight], dim=1))
+        if conv.bias is not None:
+            wide.bias.copy_(conv.bias)
+        planes = plane.weight[y].reshape(3, 1, plane.size, plane.size)
+        planes = F.interpolate(planes, size=(size, size), mode='bilinear', align_corners=False) \
+            if plane.size != size else planes
+        pre = wide(torch.cat([x, planes], dim=1))
+        rest = dict(unit.stem.named_children())
+        want = pre
+        for name, module in rest.items():
+            if name != 'conv':
+                want = module(want)
+        want = unit.body(want)
+        want = want[0] if isinstance(want, tuple) else want
+        got = unit(x, labels=y)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # the code varies over the image (a bias code could not) and the label changes the output
+    code = plane(y, x)
+    assert code[:, :, 1:-1, 1:-1].flatten(2).std(-1).mean() > 0
+    with torch.no_grad():
+        assert not torch.allclose(got, unit(x, labels=(y + 1) % 10))
+
+
+def test_label_plane_trains_and_round_trips(tmp_path):
+    """The plane and its kernel get FF gradients, and the saved model rebuilds with the same scores."""
+    from timm_ff.hub import save_model_folder
+    torch.manual_seed(0)
+    model = timm.create_model('ff_cnn_s', label_code='plane', norm='batchnorm').train()
+    _ff_step(model, create_objective('ff'), torch.randn(4, 3, 32, 32), torch.arange(4))
+    plane = model.units[0].label_embed
+    assert plane.weight.grad.abs().sum() > 0 and plane.conv.weight.grad.abs().sum() > 0
+    save_model_folder(model.eval(), tmp_path)
+    again = timm.create_model('ff_cnn_s', pretrained=True, pretrained_cfg_overlay=dict(
+        file=str(tmp_path / 'model.safetensors')), **{k: v for k, v in model.model_args.items()
+                                                      if k not in ('num_classes', 'in_chans', 'global_pool')}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), again(x))
+
+
+@pytest.mark.parametrize('unit_size', ['block', 'stage'])
+def test_branch_goodness_reads_the_residual_branch(unit_size):
+    """goodness_at='branch': each unit's head reads f(x) before the add, the next unit still gets
+    relu(shortcut(x) + f(x)), the stride-2 shortcuts have no parameters and every parameter learns."""
+    torch.manual_seed(0)
+    model = timm.create_model('dtgff_resnet18', goodness_at='branch', unit_size=unit_size).eval()
+    x = torch.randn(2, 3, 32, 32)
+    unit = model.units[1]
+    h0 = model.units[0](x)
+    block = unit.body if unit_size == 'block' else unit.body[-1]
+    with torch.no_grad():
+        inp = unit.in_norm(h0)
+        if unit_size == 'stage':
+            inp = unit.body[0](inp)[0]
+        f = block.bn2(block.conv2(block.act1(block.bn1(block.conv1(inp)))))
+        short = block.downsample(inp) if block.downsample is not None else inp
+        out, logits = unit(h0, with_logits=True)
+    torch.testing.assert_close(out, torch.relu(f + short))
+    torch.testing.assert_close(logits, unit.head(f))
+    assert not torch.allclose(unit.head(f), unit.head(out))  # not what goodness at the output gives
+    downs = [m.downsample for m in model.modules() if isinstance(m, BranchBlock) and m.downsample is not None]
+    assert len(downs) == 3 and all(isinstance(d, PadShortcut) and not list(d.parameters()) for d in downs)
+    model.train()
+    task = LocalTask(model.local_units(), create_objective('dtg'), 10, fusion=model.fusion)
+    task.step(torch.randn(4, 3, 32, 32), torch.arange(4), backward=lambda loss: loss.backward())
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    assert [t.shape[1] for t in feats] == [c['num_chs'] for c in model.feature_info]
+
+
+def test_pad_shortcut():
+    x = torch.randn(2, 4, 8, 8)
+    y = PadShortcut(4, 6, 2)(x)
+    assert y.shape == (2, 6, 4, 4)
+    torch.testing.assert_close(y[:, :4], F.avg_pool2d(x, 2))
+    assert (y[:, 4:] == 0).all()
+
+
+def test_fusion_check_images_are_held_out_of_training():
+    """The check images are stratified, disjoint from the train split and the same for every run; a cap
+    then applies to what is left, and a bad count is one clear error."""
+    full = load_image_datasets('cifar10')  # the bundled sample offline
+    data = load_image_datasets('cifar10', check_images=50)
+    assert len(data.check) == 50 and len(data.train) == len(full.train) - 50
+    ids = lambda ds: set(ds['orig_index'])  # noqa: E731
+    assert not ids(data.check) & ids(data.train) and ids(data.check) | ids(data.train) == ids(full.train)
+    assert set(collections.Counter(data.check['label']).values()) == {5}
+    again = load_image_datasets('cifar10', check_images=50)
+    assert data.check['orig_index'] == again.check['orig_index']
+    capped = load_image_datasets('cifar10', check_images=50, max_per_class=20)
+    assert len(capped.train) == 200 and len(capped.check) == 50
+    assert not ids(capped.check) & ids(capped.train)
+    small = load_image_datasets('cifar10', check_images=10_000)  # at most a tenth of the split
+    assert len(small.check) == len(full.train) // 10
+    sub = load_image_datasets('cifar10', check_images=50, classes=[3, 5])
+    assert set(sub.check['label']) == {0, 1} and len(sub.check) == 10
+    with pytest.raises(DataError, match='must be a positive integer, got -3'):
+        hold_out_check(copy.copy(full), -3)
+    tiny = load_image_datasets('cifar10', max_per_class=2)
+    with pytest.raises(DataError, match='hold out at least one image per class'):
+        hold_out_check(tiny, 5)
