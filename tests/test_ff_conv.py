@@ -179,3 +179,37 @@ def test_fusion_check_images_are_held_out_of_training():
     tiny = load_image_datasets('cifar10', max_per_class=2)
     with pytest.raises(DataError, match='hold out at least one image per class'):
         hold_out_check(tiny, 5)
+
+
+@pytest.mark.parametrize('model_name', ['ff_cnn_s', 'ff_resnet18', 'ff_mlp'])
+def test_label_units_all_gives_every_unit_its_own_code(model_name):
+    """label_units='all': unit u > 0 adds its own per-class code to its normalised input; with 'first' a
+    later unit ignores the labels. Scoring runs every unit with the label."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, label_units='all').eval()
+    x = torch.randn(3, *model.pretrained_cfg['input_size'])
+    y = torch.tensor([1, 5, 8])
+    unit = model.units[2]
+    with torch.no_grad():
+        h = model.units[1](model.units[0](x, labels=y), labels=y)
+        inp = unit.in_norm(h)
+        code = unit.label_embed.weight[y]
+        want = unit.body(inp + (code[:, :, None, None] if inp.ndim == 4 else code))
+        want = want[0] if isinstance(want, tuple) else want
+        torch.testing.assert_close(unit(h, labels=y), want)
+        assert not torch.allclose(unit(h, labels=y), unit(h, labels=(y + 1) % 10))
+        # scoring passes each label to every unit: the fused logits equal a manual per-label run
+        scores = torch.stack([sum(g for g in _unit_goodness(model, x, torch.full((3,), k))) for k in range(10)], 1)
+        torch.testing.assert_close(model(x), scores / len(model.units), rtol=1e-4, atol=1e-5)
+    first = timm.create_model(model_name).eval()
+    assert first.units[2].label_embed is None
+    with torch.no_grad():
+        torch.testing.assert_close(first.units[2](h, labels=y), first.units[2](h))
+
+
+def _unit_goodness(model, x, labels):
+    out = []
+    for unit in model.units:
+        x, g = unit(x, labels=labels, with_logits=True)
+        out.append(g)
+    return out

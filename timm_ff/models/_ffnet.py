@@ -30,7 +30,7 @@ from ..layers import (
     GoodnessHead, LogitFusion, create_temperature, create_unit_norm,
 )
 
-__all__ = ['FF_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS', 'build_ffnet']
+__all__ = ['FF_DEFAULTS', 'FF_CONV_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS', 'build_ffnet']
 
 OUTPUT_FMTS = ('NCHW',)  # forward_intermediates formats (MLP units are (B, C) whatever the format)
 
@@ -41,6 +41,7 @@ FF_KWARGS = dict(
     label_embed=False,  # classic FF: the label is embedded at the input and labels are scored
     label_code='bias',  # classic FF label code: 'bias' (a learned per-class vector before the stem's ReLU) or 'plane'
     label_plane_size=32,  # side of the learned per-class input plane ('plane'; resized to other input sizes)
+    label_units='first',  # classic FF: the label code enters unit 0 only ('first') or every unit's input too ('all')
     goodness='channel',  # goodness vector: 'channel' groups, 'patch' grid, 'channel_patch', or per channel per cell 'grid'
     goodness_groups=0,  # channel groups (0: one per channel)
     goodness_patches=2,  # grid side for 'patch' and 'grid' goodness
@@ -62,9 +63,15 @@ DTGFF_DEFAULTS = dict(FF_KWARGS, goodness='grid', goodness_patches=4)
 # Classic FF (Hinton 2022): label in the input, scalar mean-square goodness, length norm between
 # units, fixed T, goodness summed (averaged) over all units to score each label.
 FF_DEFAULTS = dict(FF_KWARGS, norm='none', label_embed=True, temperature='fixed', unit_norm='length', fusion='mean')
+# Classic FF on conv nets (ff_cnn_*, ff_resnet*), after Trifecta (Dooms et al. 2023): BatchNorm inside each unit
+# and at each unit's input, over one batch holding the positive and the negative pass (the ff objective's
+# passes='joint'), instead of no norm and a per-sample length norm. Measured on CIFAR-10
+# (benchmarks/results/classic_ff_screening_cpu.json).
+FF_CONV_DEFAULTS = dict(FF_DEFAULTS, norm='batchnorm', unit_norm='batchnorm')
 
 LABEL_CODES = ('bias', 'plane')
-_CHOICES = dict(norm=('batchnorm', 'none'), label_code=LABEL_CODES, goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
+LABEL_UNITS = ('first', 'all')
+_CHOICES = dict(norm=('batchnorm', 'none'), label_code=LABEL_CODES, label_units=LABEL_UNITS, goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
                 temperature=tuple(TEMPERATURES), unit_norm=tuple(UNIT_NORMS), fusion=FUSION_MODES)
 
 
@@ -158,15 +165,19 @@ class LocalUnit(nn.Module):
 
         Args:
             x: The previous unit's raw activation (the image for unit 0).
-            labels: Labels to embed (classic FF, unit 0 only); None embeds nothing.
+            labels: Labels to embed (classic FF); None embeds nothing. A later unit without a label
+                code of its own (``label_units='first'``) ignores them.
             with_logits: Also return the head's output (tempered (B, K) logits, or scalar goodness).
         """
         x = self.in_norm(x)
-        if labels is None:
+        if labels is None or (self.label_embed is None and self.stem is None):
             x = self.stem(x) if self.stem is not None else x
+        elif self.label_embed is None:
+            raise ConfigError('labels were given to a unit that has no label code (label_embed=False)')
+        elif self.stem is None:  # a later unit's own code: a per-class bias on its (normalised) input
+            code = self.label_embed(labels).to(x.dtype)
+            x = x + (code[:, :, None, None] if self.spatial else code)
         else:
-            if self.label_embed is None:
-                raise ConfigError('labels were given to a unit that has no label code (label_embed=False)')
             x = self._stem_with_code(x, labels)
         h = self.body(x)
         # a body may hand on one tensor and read its goodness from another (a ResNet block's branch)
@@ -248,7 +259,7 @@ class FFNet(nn.Module):
                 head=self._make_head(c),
                 in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial) if u > 0 else None,
                 stem=stem if u == 0 else None,
-                label_embed=self._make_label_embed(stem) if u == 0 else None,
+                label_embed=self._make_label_embed(stem if u == 0 else None, chs[u - 1] if u > 0 else 0),
                 spatial=spatial,
             ))
         # an nn.Sequential registered first: timm's FeatureListNet walks (and flattens) children in order
@@ -280,9 +291,16 @@ class FFNet(nn.Module):
             spatial=self.spatial,
         )
 
-    def _make_label_embed(self, stem: nn.Module) -> Optional[nn.Module]:
+    def _make_label_embed(self, stem: Optional[nn.Module], in_chs: int = 0) -> Optional[nn.Module]:
+        """Unit 0's label code (from its ``stem``), or a later unit's (``in_chs`` wide, ``label_units='all'``)."""
         if not self.label_embed_enabled or self.num_classes <= 0:
             return None
+        if stem is None:
+            if self.ff_cfg['label_units'] != 'all':
+                return None
+            emb = nn.Embedding(self.num_classes, in_chs)
+            nn.init.normal_(emb.weight, std=1.0)
+            return emb
         if self.ff_cfg['label_code'] == 'plane':
             return LabelPlane(self.num_classes, stem.conv, self.ff_cfg['label_plane_size'])
         emb = nn.Embedding(self.num_classes, self._stem_chs)
@@ -304,7 +322,7 @@ class FFNet(nn.Module):
         self.check_input(x)
         feats = []
         for u, unit in enumerate(self.units):
-            x = unit(x, labels=labels if u == 0 else None)
+            x = unit(x, labels=labels)
             feats.append(x)
         return feats
 
@@ -340,8 +358,8 @@ class FFNet(nn.Module):
         """Unit ``u`` on an :meth:`eval_init` state: (next state, (B, K) logits)."""
         if not self.label_embed_enabled:
             return self.units[u](state, with_logits=True)
-        xs, g = self.units[u](state['x'], labels=state['labels'] if u == 0 else None, with_logits=True)
-        return dict(x=xs, labels=None), g.reshape(-1, self.num_classes)
+        xs, g = self.units[u](state['x'], labels=state['labels'], with_logits=True)
+        return dict(x=xs, labels=state['labels']), g.reshape(-1, self.num_classes)
 
     # ----------------------------------------------------------------------------- timm contract
     def forward_intermediates(
@@ -452,6 +470,8 @@ class FFNet(nn.Module):
         for unit in self.units:
             unit.head.reset(0 if self.label_embed_enabled else num_classes)
         self.units[0].label_embed = self._make_label_embed(self.units[0].stem)
+        for u in range(1, len(self.units)):
+            self.units[u].label_embed = self._make_label_embed(None, self.feature_info[u - 1]['num_chs'])
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

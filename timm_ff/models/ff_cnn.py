@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFCNN']
@@ -111,11 +111,11 @@ def dtgff_cnn_m(pretrained: bool = False, **kwargs) -> FFCNN:
 @register_model
 def ff_cnn_s(pretrained: bool = False, **kwargs) -> FFCNN:
     """Classic FF small CNN."""
-    return _create_ff_cnn('ff_cnn_s', pretrained, FF_DEFAULTS, **kwargs)
+    return _create_ff_cnn('ff_cnn_s', pretrained, FF_CONV_DEFAULTS, **kwargs)
 
 
 @register_model
 def ff_cnn_m(pretrained: bool = False, **kwargs) -> FFCNN:
     """Classic FF medium CNN."""
-    return _create_ff_cnn('ff_cnn_m', pretrained, dict(FF_DEFAULTS, channels=(64, 128, 256, 512),
+    return _create_ff_cnn('ff_cnn_m', pretrained, dict(FF_CONV_DEFAULTS, channels=(64, 128, 256, 512),
                                                          convs_per_unit=2), **kwargs)

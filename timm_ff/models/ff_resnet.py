@@ -29,7 +29,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from ..errors import unknown_choice
-from ._ffnet import DTGFF_DEFAULTS, FF_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFResNet']
@@ -216,10 +216,10 @@ def dtgff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
 @register_model
 def ff_resnet18(pretrained: bool = False, **kwargs) -> FFResNet:
     """Classic FF ResNet-18 (label in the input, threshold goodness)."""
-    return _create_ff_resnet('ff_resnet18', pretrained, dict(FF_DEFAULTS, layers=(2, 2, 2, 2)), **kwargs)
+    return _create_ff_resnet('ff_resnet18', pretrained, dict(FF_CONV_DEFAULTS, layers=(2, 2, 2, 2)), **kwargs)
 
 
 @register_model
 def ff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
     """Classic FF ResNet-34 (label in the input, threshold goodness)."""
-    return _create_ff_resnet('ff_resnet34', pretrained, dict(FF_DEFAULTS, layers=(3, 4, 6, 3)), **kwargs)
+    return _create_ff_resnet('ff_resnet34', pretrained, dict(FF_CONV_DEFAULTS, layers=(3, 4, 6, 3)), **kwargs)

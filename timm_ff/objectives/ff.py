@@ -57,16 +57,16 @@ class FFObjective(Objective):
         return dict(pos=x, neg=x, pos_labels=targets, neg_labels=negatives)
 
     def unit_forward(self, unit, u, state):
-        first = u == 0
+        # every unit gets the labels: a unit with a label code of its own embeds them, the others ignore them
         if self.passes == 'joint':
             b = state['pos'].shape[0]
-            labels = torch.cat([state['pos_labels'], state['neg_labels']]) if first else None
+            labels = torch.cat([state['pos_labels'], state['neg_labels']])
             h, g = unit(torch.cat([state['pos'], state['neg']]), labels=labels, with_logits=True)
             hp, hn, gp, gn = h[:b], h[b:], g[:b], g[b:]
         else:
-            hp, gp = unit(state['pos'], labels=state['pos_labels'] if first else None, with_logits=True)
-            hn, gn = unit(state['neg'], labels=state['neg_labels'] if first else None, with_logits=True)
-        return dict(pos=hp, neg=hn, pos_labels=None, neg_labels=None), (gp, gn)
+            hp, gp = unit(state['pos'], labels=state['pos_labels'], with_logits=True)
+            hn, gn = unit(state['neg'], labels=state['neg_labels'], with_logits=True)
+        return dict(pos=hp, neg=hn, pos_labels=state['pos_labels'], neg_labels=state['neg_labels']), (gp, gn)
 
     def unit_loss(self, u, num_units, out, targets):
         gp, gn = out[0].float(), out[1].float()
