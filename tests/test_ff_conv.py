@@ -31,7 +31,7 @@ def _ff_step(model, objective, x, y, seed=0):
 def test_joint_passes_equal_separate_without_batchnorm(model_name):
     """Without BatchNorm one 2B batch computes exactly what two B batches do: losses and gradients agree."""
     torch.manual_seed(0)
-    model = timm.create_model(model_name, norm='none').train()
+    model = timm.create_model(model_name, norm='none', unit_norm='length').train()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     joint = _ff_step(model, create_objective('ff', passes='joint'), x, y)
     g_joint = _grads(model)

@@ -1,0 +1,66 @@
+"""Time the README's first set-up command from a fresh clone, as a newcomer types it.
+
+    python benchmarks/bench_first_command.py
+
+Clones this repository (its committed HEAD) into a temporary folder, runs the first ```bash block of the
+README's "Set up" section there with bash (venv, install, training run), and writes
+``benchmarks/results/<name>.json``: the command, its exit code, wall time (install included), the
+per-epoch lines, the final fused and per-unit accuracy, and what else was running on the machine (the
+load average before it started), since a shared CPU makes the time an upper bound.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import REPO, provenance, write_result  # noqa: E402
+
+EPOCH_LINE = re.compile(r'epoch (\d+): loss (\S+)\s+fused acc ([\d.]+)%\s+units ([\d. ]+?)\s+\(')
+
+
+def first_command(readme: str) -> str:
+    """The first ```bash block after '## Set up'."""
+    setup = readme[readme.index('## Set up'):]
+    block = setup[setup.index('```bash') + len('```bash'):]
+    return block[:block.index('```')].strip()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--name', default='first_command_cpu')
+    p.add_argument('--timeout', type=int, default=1800)
+    args = p.parse_args()
+    command = first_command((REPO / 'README.md').read_text())
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / 'timm-ff'
+        subprocess.run(['git', 'clone', '-q', str(REPO), str(clone)], check=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('VIRTUAL_ENV', 'OMP_', 'HF_', 'ACCELERATE'))}
+        env['PATH'] = os.pathsep.join(x for x in env.get('PATH', '').split(os.pathsep) if '.venv' not in x)
+        t0 = time.perf_counter()
+        proc = subprocess.run(['bash', '-c', command], cwd=clone, env=env, capture_output=True, text=True,
+                              timeout=args.timeout)
+        wall = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    epochs = [dict(epoch=int(m[0]), loss=float(m[1]), accuracy=float(m[2]), unit_accuracy=[float(a) for a in m[3].split()])
+              for m in EPOCH_LINE.findall(out)]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    result = dict(provenance(0), readme_command=command, returncode=proc.returncode, wall_time_s=wall,
+                  load_average_before=load_before, epochs=epochs,
+                  final_accuracy=epochs[-1]['accuracy'] if epochs else None,
+                  final_unit_accuracy=epochs[-1]['unit_accuracy'] if epochs else None,
+                  first_lines=lines[:4], last_lines=lines[-2:], output_tail=out[-3000:] if proc.returncode else '')
+    path = write_result(args.name, result)
+    print(json.dumps({k: result[k] for k in ('returncode', 'wall_time_s', 'final_accuracy', 'final_unit_accuracy',
+                                             'load_average_before')}, indent=1))
+    print(f'-> {path}')
+
+
+if __name__ == '__main__':
+    main()
