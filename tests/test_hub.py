@@ -212,7 +212,7 @@ def test_model_card_states_metrics_command_commit_and_sha256(trained_run, tmp_pa
     assert "timm.create_model('hf-hub:someorg/some-model', pretrained=True)" in card
     assert '`import timm_ff` is required' in card and 'Apache License 2.0' in card
     # says which data were really used: kind, splits, sizes and a content hash of the decoded images
-    assert "bundled sample copy of `cifar10`; train split `train` (950 images, blake2b-128:" in card
+    assert "bundled sample copy of `cifar10`; train split `train` (855 images, blake2b-128:" in card
     assert run_info['data']['eval_content_hash'] in card and 'labels `label` (10 classes)' in card
 
 
