@@ -51,12 +51,17 @@ def hold_out_check(data: ImageData, images: int) -> ImageData:
 
     The fusion check judges on them: images the units never trained on, so it cannot prefer a unit
     that fits the training set better than it generalises. At most a tenth of the train split is held
-    out (fewer images than asked for on a small split; ``source`` says how many).
+    out (fewer images than asked for on a small split; ``source`` says how many), and nothing when that
+    tenth cannot hold one image per class (then there is no fusion check).
     """
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise DataError(f'check_images (--fusion-check-images) must be a positive integer, got {images!r}')
     n = len(data.train)
     images = min(images, n // CHECK_MAX_DIVISOR)
+    classes = len(set(data.train[data.label_column]))
+    if images < classes:  # a stratified slice needs an image of every class: too small a split to spare one
+        return dataclasses.replace(data, source=data.source + f' (too few training images to hold out one per class '
+                                                              f'for the fusion check: no fusion check)')
     label = data.label_column
     feature = data.train.features[label]
     # split the (index, label) pairs only, then select: both parts keep split order (a cap still takes the first N)
