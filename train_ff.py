@@ -420,9 +420,8 @@ def main(argv=None) -> int:
     fusion_check_loader = None
     if data.check is not None and len(model.fusion.fused_units) > 1:
         import dataclasses
-        subset = data.check
         _, fusion_check_loader = create_loaders(
-            dataclasses.replace(data, train=subset, eval=subset), data_config=data_config,
+            dataclasses.replace(data, train=data.check, eval=data.check), data_config=data_config,
             batch_size=args.eval_batch_size or args.batch_size, num_workers=args.workers, in_chans=in_chans,
             drop_last=False, pipeline=pipeline, device=accelerator.device, process_index=shard[0],
             num_processes=shard[1], channels_last=args.channels_last)

@@ -58,14 +58,14 @@ def hold_out_check(data: ImageData, images: int) -> ImageData:
         raise DataError(f'check_images (--fusion-check-images) must be a positive integer, got {images!r}')
     n = len(data.train)
     images = min(images, n // CHECK_MAX_DIVISOR)
-    classes = len(set(data.train[data.label_column]))
-    if images < classes:  # a stratified slice needs an image of every class: too small a split to spare one
+    label = data.label_column
+    labels = data.train[label]
+    if images < len(set(labels)):  # a stratified slice needs an image of every class: too small a split to spare one
         return dataclasses.replace(data, source=data.source + f' (too few training images to hold out one per class '
                                                               f'for the fusion check: no fusion check)')
-    label = data.label_column
     feature = data.train.features[label]
     # split the (index, label) pairs only, then select: both parts keep split order (a cap still takes the first N)
-    pairs = datasets.Dataset.from_dict({'index': list(range(n)), label: data.train[label]},
+    pairs = datasets.Dataset.from_dict({'index': list(range(n)), label: labels},
                                        features=datasets.Features(index=datasets.Value('int64'), **{label: feature}))
     stratify = label if isinstance(feature, datasets.ClassLabel) else None
     try:

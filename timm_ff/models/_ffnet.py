@@ -295,15 +295,11 @@ class FFNet(nn.Module):
         """Unit 0's label code (from its ``stem``), or a later unit's (``in_chs`` wide, ``label_units='all'``)."""
         if not self.label_embed_enabled or self.num_classes <= 0:
             return None
-        if stem is None:
-            if self.ff_cfg['label_units'] != 'all':
-                return None
-            emb = nn.Embedding(self.num_classes, in_chs)
-            nn.init.normal_(emb.weight, std=1.0)
-            return emb
-        if self.ff_cfg['label_code'] == 'plane':
+        if stem is None and self.ff_cfg['label_units'] != 'all':
+            return None
+        if stem is not None and self.ff_cfg['label_code'] == 'plane':
             return LabelPlane(self.num_classes, stem.conv, self.ff_cfg['label_plane_size'])
-        emb = nn.Embedding(self.num_classes, self._stem_chs)
+        emb = nn.Embedding(self.num_classes, self._stem_chs if stem is not None else in_chs)
         nn.init.normal_(emb.weight, std=1.0)
         return emb
 

@@ -215,11 +215,11 @@ def dtgff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
 
 @register_model
 def ff_resnet18(pretrained: bool = False, **kwargs) -> FFResNet:
-    """Classic FF ResNet-18 (label in the input, threshold goodness)."""
+    """Classic FF ResNet-18 (label in the input, SymBa loss on mean-square goodness)."""
     return _create_ff_resnet('ff_resnet18', pretrained, dict(FF_CONV_DEFAULTS, layers=(2, 2, 2, 2)), **kwargs)
 
 
 @register_model
 def ff_resnet34(pretrained: bool = False, **kwargs) -> FFResNet:
-    """Classic FF ResNet-34 (label in the input, threshold goodness)."""
+    """Classic FF ResNet-34 (label in the input, SymBa loss on mean-square goodness)."""
     return _create_ff_resnet('ff_resnet34', pretrained, dict(FF_CONV_DEFAULTS, layers=(3, 4, 6, 3)), **kwargs)
