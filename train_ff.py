@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--lr', default=2e-3, type=float, help='peak learning rate')
     g.add_argument('--weight-decay', default=5e-4, type=float, help='decoupled weight decay')
     g.add_argument('--opt', default='adamw', help='timm optimizer name')
+    g.add_argument('--layer-decay', default=0.0, type=float,
+                   help="per-unit learning rates (timm's layer-wise lr decay over the model's group_matcher): unit u "
+                        "(body and head) trains at lr * decay**(last unit - u), the last unit and the fusion at lr, a "
+                        "ResNet's stem one step below unit 0 (0: off, every unit at lr)")
     g.add_argument('--sched', default='cosine', help="timm scheduler name ('none' for a constant lr)")
     g.add_argument('--warmup-epochs', default=0, type=int, help='linear warm-up epochs')
     g.add_argument('--min-lr', default=1e-5, type=float, help='final learning rate of the schedule')
@@ -219,6 +223,8 @@ def check_args(args):
             raise ConfigError(f'--{key.replace("_", "-")} must be a positive integer, got {getattr(args, key)}')
     if not args.lr > 0:
         raise ConfigError(f'--lr must be > 0, got {args.lr}')
+    if not args.layer_decay >= 0:
+        raise ConfigError(f'--layer-decay must be >= 0 (0: off), got {args.layer_decay}')
     # argparse checks choices only for values typed on the command line, not for recipe defaults
     for key, allowed in (('data_pipeline', ('auto', 'tensor', 'pil')), ('aug', ('crop_flip', 'rrc', 'none')),
                          ('local_backward', ('summed', 'per_unit')), ('mixed_precision', ('no', 'bf16', 'fp16'))):
@@ -429,9 +435,13 @@ def main(argv=None) -> int:
         if note:
             accelerator.print(f'data cache: {note}')
     try:
-        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                        layer_decay=args.layer_decay or None)
     except (AssertionError, ValueError) as e:
         raise ConfigError(f"unknown --opt {args.opt!r}; allowed: {', '.join(timm.optim.list_optimizers())}") from e
+    for group in optimizer.param_groups:  # a scheduler scales from initial_lr each step; the first step and
+        group['initial_lr'] = group['lr']  # --sched none use lr, so it starts at the unit's own lr too
+        group['lr'] *= group.get('lr_scale', 1.0)
     updates_per_epoch = max(1, batches_per_process(train_loader, shard[1]) // args.grad_accum_steps)
 
     def make_scheduler(opt):

@@ -53,6 +53,26 @@ def test_eval_every_and_held_out_fusion_check(tmp_path):
     assert info['data']['fusion_check_rows'] == 40 and info['data']['train_rows'] == 100
 
 
+@pytest.mark.timeout(300)
+def test_layer_decay_gives_each_unit_its_own_learning_rate(tmp_path):
+    """--layer-decay d: unit u (body and head) trains at lr * d**(last - u); with --sched none that holds from
+    the first step on (no scheduler rescales the groups)."""
+    import torch
+    out = tmp_path / 'run'
+    assert_ok(run_train('--model', 'dtgff_cnn_s', '--objective', 'dtg', '--epochs', '1', '--max-train-steps', '2',
+                        '--sched', 'none', '--layer-decay', '0.5', '--output', out))
+    state = torch.load(find_checkpoint(str(out)) / 'optimizer.bin', weights_only=False)
+    groups = state['param_groups']
+    scales = sorted({round(g['lr_scale'], 9) for g in groups})
+    assert scales == [0.125, 0.25, 0.5, 1.0]  # dtgff_cnn_s's 4 units (unit 0 is the stem), the fusion with the last
+    for g in groups:
+        assert g['lr'] == pytest.approx(2e-3 * g['lr_scale'])
+    assert_ok(run_train('--model', 'dtgff_cnn_s', '--objective', 'dtg', '--epochs', '1', '--max-train-steps', '2',
+                        '--sched', 'none', '--output', tmp_path / 'plain'))
+    plain = torch.load(find_checkpoint(str(tmp_path / 'plain')) / 'optimizer.bin', weights_only=False)
+    assert all(g['lr'] == pytest.approx(2e-3) and 'lr_scale' not in g for g in plain['param_groups'])
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('model,objective,extra', [
     ('dtgff_cnn_s', 'dtg', ('--data-pipeline', 'tensor')),
@@ -146,6 +166,7 @@ BAD_INPUTS = [
     (['--unit-micro-batches', '{"7": 2}', '--local-backward', 'per_unit'], 'unit index 7 is out of range'),
     (['--data-dir', '{corrupt}', '--dataset', ''], "test-00000-of-00001.parquet' is not readable parquet"),
     (['--eval-every', '0'], '--eval-every must be a positive number of epochs, got 0'),
+    (['--layer-decay', '-0.5'], '--layer-decay must be >= 0 (0: off), got -0.5'),
     (['--model', 'ff_resnet18', '--model-kwargs', '{"goodness_at": "pre"}'],
      "unknown goodness_at 'pre'; allowed: branch, output"),
     (['--model', 'ff_cnn_s', '--model-kwargs', '{"label_code": "corner"}'],

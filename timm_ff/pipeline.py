@@ -488,7 +488,7 @@ class PipelineTrainer(LocalTrainer):
         logs = {f'train/unit{a + i}_loss': v for i, v in enumerate(values[:n_units])}
         if len(values) > n_units:
             logs['train/fusion_loss'] = values[n_units]
-        logs['lr'] = self.optimizer.param_groups[0]['lr']
+        logs['lr'] = max(g['lr'] for g in self.optimizer.param_groups)
         if self.first:
             self.acc.log(logs, step=self.state.global_step)
         else:  # Accelerate's trackers log from rank 0 only: the other stages keep their own file

@@ -397,7 +397,7 @@ class LocalTrainer:
                 self.scheduler.step_update(num_updates=self.state.global_step)
             if host is not None:
                 n = len(result.unit_losses)
-                logs = {'train/loss': sum(host[-1]), 'lr': self.optimizer.param_groups[0]['lr']}
+                logs = {'train/loss': sum(host[-1]), 'lr': max(g['lr'] for g in self.optimizer.param_groups)}
                 logs.update({f'train/unit{u}_loss': v for u, v in enumerate(host[-1][:n])})
                 if len(host[-1]) > n:
                     logs['train/fusion_loss'] = host[-1][n]
