@@ -213,3 +213,34 @@ def _unit_goodness(model, x, labels):
         x, g = unit(x, labels=labels, with_logits=True)
         out.append(g)
     return out
+
+
+def test_per_location_loss_is_the_loss_of_each_cell():
+    """per_location=True: each unit's SymBa loss is the mean over the goodness grid's cells of each cell's
+    loss (not the loss of the cells' mean); the scalar goodness that scores labels stays their mean."""
+    torch.manual_seed(0)
+    model = timm.create_model('ff_cnn_s', goodness='patch', goodness_patches=2).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    per_cell = _ff_step(model, create_objective('ff', per_location=True), x, y).losses()
+    whole = _ff_step(model, create_objective('ff'), x, y).losses()
+    torch.manual_seed(0)
+    neg = (y + torch.randint(1, 10, y.shape)) % 10
+    h, labels = torch.cat([x, x]), torch.cat([y, neg])
+    for u, unit in enumerate(model.units):
+        h_next, cells = unit(h, labels=labels, with_logits=True, goodness_vector=True)
+        _, scalar = unit(h, labels=labels, with_logits=True)
+        assert cells.shape == (8, 4)
+        torch.testing.assert_close(scalar, cells.mean(1))
+        torch.testing.assert_close(per_cell[u], F.softplus(4.0 * (cells[4:] - cells[:4])).mean())
+        torch.testing.assert_close(whole[u], F.softplus(4.0 * (scalar[4:] - scalar[:4])).mean())
+        h = h_next.detach()
+    assert not torch.allclose(per_cell, whole)
+
+
+def test_per_location_needs_a_per_location_goodness():
+    objective = create_objective('ff', per_location=True)
+    with pytest.raises(ConfigError, match="goodness is 'channel'; pass e.g. --model-kwargs"):
+        objective.check_model(timm.create_model('ff_cnn_s'))
+    objective.check_model(timm.create_model('ff_cnn_s', goodness='grid'))
+    with pytest.raises(ConfigError, match="per_location must be true or false, got 'yes'"):
+        create_objective('ff', per_location='yes')

@@ -173,6 +173,8 @@ BAD_INPUTS = [
      "unknown value for label_code 'corner'; allowed: bias, plane"),
     (['--model', 'ff_cnn_s', '--objective-kwargs', '{"passes": "both"}'],
      "unknown ff passes 'both'; allowed: joint, separate"),
+    (['--model', 'ff_cnn_s', '--objective-kwargs', '{"per_location": true}'],
+     "ff per_location=true needs a model whose goodness has one value per location"),
 ]
 
 

@@ -160,7 +160,8 @@ class LocalUnit(nn.Module):
         self.body = body
         self.head = head
 
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, with_logits: bool = False):
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, with_logits: bool = False,
+                goodness_vector: bool = False):
         """Raw activation of this unit; with ``with_logits`` also the head output.
 
         Args:
@@ -168,6 +169,8 @@ class LocalUnit(nn.Module):
             labels: Labels to embed (classic FF); None embeds nothing. A later unit without a label
                 code of its own (``label_units='first'``) ignores them.
             with_logits: Also return the head's output (tempered (B, K) logits, or scalar goodness).
+            goodness_vector: With ``with_logits``, return the head's (B, G) goodness vector instead
+                (one energy per cell / channel group, before it is reduced or mapped to logits).
         """
         x = self.in_norm(x)
         if labels is None or (self.label_embed is None and self.stem is None):
@@ -183,7 +186,7 @@ class LocalUnit(nn.Module):
         # a body may hand on one tensor and read its goodness from another (a ResNet block's branch)
         h, tap = h if isinstance(h, tuple) else (h, h)
         if with_logits:
-            return h, self.head(tap)
+            return h, self.head.goodness(tap) if goodness_vector else self.head(tap)
         return h
 
     def _stem_with_code(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
