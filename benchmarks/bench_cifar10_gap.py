@@ -35,12 +35,16 @@ def main():
     p.add_argument('--name', default='cifar10_gap_cpu')
     p.add_argument('--jobs', type=int, default=1,
                    help='objectives trained at once, each with cores/jobs threads (same conditions for every run)')
+    p.add_argument('--threads', type=int, default=0,
+                   help='threads per run (0: cores/jobs); e.g. 1 when another job shares the machine')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[], help='extra train_ff.py flags for every run')
     args = p.parse_args()
     if args.jobs < 1:
         raise SystemExit(f'error: --jobs must be >= 1, got {args.jobs}')
     prov = provenance(args.seed)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.threads < 0:
+        raise SystemExit(f'error: --threads must be >= 0, got {args.threads}')
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     prov['jobs'], prov['threads_per_run'] = args.jobs, threads
 
     def train(entry):
@@ -56,7 +60,7 @@ def main():
         if (out / 'checkpoints').is_dir():
             cmd += ['--resume', str(out)]
         print('$', ' '.join(cmd), flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if args.jobs > 1 else None
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if args.jobs > 1 or args.threads else None
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
         return out, cmd
 
