@@ -44,7 +44,7 @@ FF_KWARGS = dict(
     label_units='first',  # classic FF: the label code enters unit 0 only ('first') or every unit's input too ('all')
     goodness='channel',  # goodness vector: 'channel' groups, 'patch' grid, 'channel_patch', or per channel per cell 'grid'
     goodness_groups=0,  # channel groups (0: one per channel)
-    goodness_patches=2,  # grid side for 'patch' and 'grid' goodness
+    goodness_patches=2,  # grid side for 'patch' and 'grid' goodness (or a list: one side per unit)
     goodness_reduce='mean',  # 'mean' or 'sum' of squares
     head_proj='learned',  # goodness -> K logits: 'learned' linear or 'fixed' random map
     temperature='dynamic',  # 'dynamic' (clarity stats -> bounded, EMA-smoothed T) or 'fixed'
@@ -246,7 +246,14 @@ class FFNet(nn.Module):
         if not isinstance(cfg['label_plane_size'], int) or isinstance(cfg['label_plane_size'], bool) \
                 or cfg['label_plane_size'] < 1:
             raise ConfigError(f"label_plane_size must be a positive integer, got {cfg['label_plane_size']!r}")
+        patches = cfg['goodness_patches']
+        per_unit = list(patches) if isinstance(patches, (list, tuple)) else [patches] * len(bodies)
+        if len(per_unit) != len(bodies) or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1
+                                                    for p in per_unit):
+            raise ConfigError(f'goodness_patches must be a positive integer or a list of {len(bodies)} positive '
+                              f'integers (one grid side per unit), got {patches!r}')
         self.ff_cfg = cfg
+        self._unit_patches = per_unit
         self._stem_chs = stem_chs
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -259,7 +266,7 @@ class FFNet(nn.Module):
         for u, (body, c) in enumerate(zip(bodies, chs)):
             units.append(LocalUnit(
                 body=body,
-                head=self._make_head(c),
+                head=self._make_head(c, self._unit_patches[u]),
                 in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial) if u > 0 else None,
                 stem=stem if u == 0 else None,
                 label_embed=self._make_label_embed(stem if u == 0 else None, chs[u - 1] if u > 0 else 0),
@@ -273,7 +280,7 @@ class FFNet(nn.Module):
                              for u, (c, r) in enumerate(zip(chs, reductions))]
         self._min_size = reductions[-1] if spatial else 1
 
-    def _make_head(self, chs: int) -> GoodnessHead:
+    def _make_head(self, chs: int, patches: int) -> GoodnessHead:
         cfg = self.ff_cfg
         temp = None
         if not self.label_embed_enabled:
@@ -286,7 +293,7 @@ class FFNet(nn.Module):
             num_classes=0 if self.label_embed_enabled else self.num_classes,
             mode=cfg['goodness'],
             groups=cfg['goodness_groups'],
-            patches=cfg['goodness_patches'],
+            patches=patches,
             reduce=cfg['goodness_reduce'],
             proj=cfg['head_proj'],
             temperature=temp,
