@@ -244,3 +244,25 @@ def test_per_location_needs_a_per_location_goodness():
     objective.check_model(timm.create_model('ff_cnn_s', goodness='grid'))
     with pytest.raises(ConfigError, match="per_location must be true or false, got 'yes'"):
         create_objective('ff', per_location='yes')
+
+
+def test_goodness_patches_per_unit():
+    """A list gives each unit its own goodness grid: unit 7 of a CIFAR ResNet-18 (4x4 maps) reads 2x2 cells."""
+    sides = [4, 4, 4, 4, 4, 4, 2, 2]
+    model = timm.create_model('dtgff_resnet18', goodness_patches=sides).eval()
+    assert [unit.head.patches for unit in model.units] == sides
+    assert [unit.head.num_goodness for unit in model.units][-2:] == [512 * 4, 512 * 4]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = model.units[0](x)
+        for unit in model.units[1:7]:
+            h = unit(h)
+        cells = model.units[7].head.goodness(model.units[7](h))
+        assert cells.shape == (2, 512 * 4)
+        out = model.units[7](h)
+        torch.testing.assert_close(cells, F.avg_pool2d(out.square(), 2).flatten(1))
+        assert model(x).shape == (2, 10)
+    again = timm.create_model('dtgff_resnet18', **{k: v for k, v in model.model_args.items() if k != 'layers'})
+    assert [unit.head.patches for unit in again.units] == sides
+    with pytest.raises(ConfigError, match=r'a list of 8 positive integers \(one grid side per unit\), got \[4, 4\]'):
+        timm.create_model('dtgff_resnet18', goodness_patches=[4, 4])
