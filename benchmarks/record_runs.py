@@ -31,7 +31,18 @@ def epoch_history(log: Path):
     return history
 
 
-def record(run: Path) -> dict:
+def train_losses(log: Path):
+    """Per-unit training losses at each logged step of ``log.jsonl`` (one batch's, as logged)."""
+    rows = []
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        keys = sorted((k for k in rec if re.fullmatch(r'train/unit\d+_loss', k)), key=lambda k: int(k[10:-5]))
+        if keys:
+            rows.append(dict(step=rec['step'], unit_loss=[round(rec[k], 4) for k in keys]))
+    return rows
+
+
+def record(run: Path, with_losses: bool = False) -> dict:
     info_path = run / 'run_info.json'
     if not info_path.is_file():
         raise SystemExit(f'error: {run} is not a train_ff.py run folder (no run_info.json)')
@@ -40,6 +51,8 @@ def record(run: Path) -> dict:
     command = re.sub(r'--output (\S+)', lambda m: f'--output <run dir {Path(m.group(1)).name}>', info['command'])
     out = dict(train_command=command, run_commit=info['git_commit'], data=info.get('data'),
                history=epoch_history(run / 'log.jsonl'), finished=(run / 'metrics.json').is_file())
+    if with_losses:
+        out['train_unit_loss'] = train_losses(run / 'log.jsonl')
     if out['finished']:
         metrics = json.loads((run / 'metrics.json').read_text())
         out.update({k: metrics.get(k) for k in SUMMARY_KEYS})
@@ -52,13 +65,15 @@ def main():
     p.add_argument('--run', action='append', required=True, metavar='LABEL=DIR', help='a run folder and its label')
     p.add_argument('--note', default='', help='what the runs test and why stopped runs were stopped')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--train-losses', action='store_true',
+                   help="also record each run's per-unit training losses at every logged step")
     args = p.parse_args()
     runs = {}
     for item in args.run:
         label, sep, path = item.partition('=')
         if not sep or not label:
             raise SystemExit(f'error: --run {item!r} must be LABEL=DIR')
-        runs[label] = record(Path(path))
+        runs[label] = record(Path(path), args.train_losses)
     print(write_result(args.name, dict(provenance(args.seed), note=args.note, runs=runs)))
 
 
