@@ -247,8 +247,13 @@ def test_per_location_needs_a_per_location_goodness():
 
 
 def test_goodness_patches_per_unit():
-    """A list gives each unit its own goodness grid: unit 7 of a CIFAR ResNet-18 (4x4 maps) reads 2x2 cells."""
+    """A list gives each unit its own goodness grid; a DTG-FF ResNet's default grid keeps every cell at least
+    2x2 positions wide, so stage 4 of a CIFAR ResNet-18 (4x4 maps) reads 2x2 cells, not single positions."""
     sides = [4, 4, 4, 4, 4, 4, 2, 2]
+    assert [u.head.patches for u in timm.create_model('dtgff_resnet18').units] == sides
+    assert [u.head.patches for u in timm.create_model('dtgff_resnet18.imagenet100').units] == [4] * 6 + [3, 3]  # 7x7
+    assert [u.head.patches for u in timm.create_model('dtgff_resnet18', unit_size='stage').units] == [4, 4, 4, 2]
+    assert [u.head.patches for u in timm.create_model('dtgff_resnet18', goodness_patches=4).units] == [4] * 8
     model = timm.create_model('dtgff_resnet18', goodness_patches=sides).eval()
     assert [unit.head.patches for unit in model.units] == sides
     assert [unit.head.num_goodness for unit in model.units][-2:] == [512 * 4, 512 * 4]
