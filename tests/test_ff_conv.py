@@ -271,3 +271,24 @@ def test_goodness_patches_per_unit():
     assert [unit.head.patches for unit in again.units] == sides
     with pytest.raises(ConfigError, match=r'a list of 8 positive integers \(one grid side per unit\), got \[4, 4\]'):
         timm.create_model('dtgff_resnet18', goodness_patches=[4, 4])
+
+
+def test_head_norm_standardises_the_goodness_and_is_affine_at_eval():
+    """head_norm='batchnorm': in training each goodness value is standardised over the batch before the map;
+    at eval the head is a fixed affine map of the goodness (running statistics)."""
+    torch.manual_seed(0)
+    model = timm.create_model('dtgff_cnn_s', head_norm='batchnorm', temperature='fixed')
+    head = model.units[3].head
+    assert isinstance(head.norm, torch.nn.BatchNorm1d) and not head.norm.affine
+    h = torch.randn(16, 256, 4, 4) * 3 + 1
+    g = head.goodness(h)
+    head.train()
+    torch.testing.assert_close(head(h), head.proj((g - g.mean(0)) / torch.sqrt(g.var(0, unbiased=False) + 1e-5)))
+    head.eval()
+    mean, var = head.norm.running_mean, head.norm.running_var
+    torch.testing.assert_close(head(h), head.proj((g - mean) / torch.sqrt(var + 1e-5)))
+    assert timm.create_model('dtgff_cnn_s').units[3].head.norm is None
+    with pytest.raises(ConfigError, match="classic FF models .* use head_norm='none'"):
+        timm.create_model('ff_cnn_s', head_norm='batchnorm')
+    with pytest.raises(ValueError, match="unknown value for head_norm 'layer'"):
+        timm.create_model('dtgff_cnn_s', head_norm='layer')

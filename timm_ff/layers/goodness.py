@@ -20,6 +20,7 @@ __all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 
 GOODNESS_MODES = ('channel', 'patch', 'channel_patch', 'grid')
 GOODNESS_REDUCE = ('mean', 'sum')
 HEAD_PROJ = ('learned', 'fixed')
+HEAD_NORMS = ('none', 'batchnorm')
 
 # user goodness modes: name -> (fn(h, groups, patches, reduce) -> (B, G), size(in_chs, groups, patches) -> G)
 _USER_GOODNESS: Dict[str, Tuple[Callable, Callable]] = {}
@@ -144,6 +145,7 @@ class GoodnessHead(nn.Module):
             temperature: Optional[nn.Module] = None,
             coupled_norm: Optional[nn.Module] = None,
             spatial: bool = True,
+            norm: str = 'none',
     ):
         """
         Args:
@@ -158,10 +160,15 @@ class GoodnessHead(nn.Module):
             coupled_norm: If given, goodness is read from ``coupled_norm(h)`` (the tensor handed
                 to the next unit): the coupled-normalisation ablation.
             spatial: Whether the activation is (B, C, H, W); False for MLP units.
+            norm: 'batchnorm' standardises each goodness value over the batch (no affine parameters;
+                running statistics at eval, where it is a fixed affine map, so the logits stay a linear map of
+                the goodness) before the projection; 'none' projects the raw goodness. Only for class heads.
         """
         super().__init__()
         if proj not in HEAD_PROJ:
             raise unknown_choice('head projection', proj, HEAD_PROJ)
+        if norm not in HEAD_NORMS:
+            raise unknown_choice('head norm', norm, HEAD_NORMS)
         if mode not in list_goodness():
             raise unknown_choice('goodness mode', mode, list_goodness())
         if not spatial and mode not in ('channel', *_USER_GOODNESS):
@@ -176,6 +183,7 @@ class GoodnessHead(nn.Module):
             n_chan + n_patch + n_grid
         self.coupled_norm = coupled_norm
         self.temperature = temperature
+        self.norm = nn.BatchNorm1d(self.num_goodness, affine=False) if norm == 'batchnorm' else None
         self.proj = self._make_proj(num_classes)
 
     def _make_proj(self, num_classes: int) -> Optional[nn.Module]:
@@ -205,7 +213,7 @@ class GoodnessHead(nn.Module):
         fp32 = contextlib.nullcontext() if isinstance(g, torch.fx.Proxy) else \
             torch.autocast(device_type=g.device.type, enabled=False)
         with fp32:
-            logits = self.proj(g)
+            logits = self.proj(self.norm(g) if self.norm is not None else g)
             if self.temperature is not None:
                 t = self.temperature(g, logits)
                 logits = logits / t.reshape(-1, 1)  # T is a scalar or one value per sample

@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 
 from ..errors import ConfigError, unknown_choice
 from ..layers import (
-    FUSION_MODES, GOODNESS_MODES, GOODNESS_REDUCE, HEAD_PROJ, TEMPERATURES, UNIT_NORMS, list_goodness,
+    FUSION_MODES, GOODNESS_MODES, GOODNESS_REDUCE, HEAD_NORMS, HEAD_PROJ, TEMPERATURES, UNIT_NORMS, list_goodness,
     GoodnessHead, LogitFusion, create_temperature, create_unit_norm,
 )
 
@@ -47,6 +47,7 @@ FF_KWARGS = dict(
     goodness_patches=2,  # grid side for 'patch' and 'grid' goodness (or a list: one side per unit)
     goodness_reduce='mean',  # 'mean' or 'sum' of squares
     head_proj='learned',  # goodness -> K logits: 'learned' linear or 'fixed' random map
+    head_norm='none',  # 'batchnorm': standardise each goodness value over the batch before the map (class heads)
     temperature='dynamic',  # 'dynamic' (clarity stats -> bounded, EMA-smoothed T) or 'fixed'
     t_min=0.5,  # lower bound of the dynamic temperature
     t_max=4.0,  # upper bound of the dynamic temperature
@@ -71,7 +72,7 @@ FF_CONV_DEFAULTS = dict(FF_DEFAULTS, norm='batchnorm', unit_norm='batchnorm')
 
 LABEL_CODES = ('bias', 'plane')
 LABEL_UNITS = ('first', 'all')
-_CHOICES = dict(norm=('batchnorm', 'none'), label_code=LABEL_CODES, label_units=LABEL_UNITS, goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ,
+_CHOICES = dict(norm=('batchnorm', 'none'), label_code=LABEL_CODES, label_units=LABEL_UNITS, goodness=GOODNESS_MODES, goodness_reduce=GOODNESS_REDUCE, head_proj=HEAD_PROJ, head_norm=HEAD_NORMS,
                 temperature=tuple(TEMPERATURES), unit_norm=tuple(UNIT_NORMS), fusion=FUSION_MODES)
 
 
@@ -240,6 +241,9 @@ class FFNet(nn.Module):
         if cfg['label_embed'] and cfg['fusion'] == 'learned':
             raise ConfigError("fusion='learned' needs every unit's class logits in each training step, but classic FF "
                               "models (label_embed=True) score labels only at eval; use fusion='mean' or 'last'")
+        if cfg['label_embed'] and cfg['head_norm'] != 'none':
+            raise ConfigError(f"head_norm={cfg['head_norm']!r} standardises the goodness fed to class heads, but classic FF "
+                              "models (label_embed=True) score labels by their scalar goodness: use head_norm='none'")
         if cfg['label_embed'] and cfg['label_code'] == 'plane' and not (isinstance(getattr(stem, 'conv', None), nn.Conv2d) and spatial):
             raise ConfigError("label_code='plane' adds a learned label plane through the stem's first conv; this model "
                               "has no conv stem (an MLP): use label_code='bias'")
@@ -296,6 +300,7 @@ class FFNet(nn.Module):
             patches=patches,
             reduce=cfg['goodness_reduce'],
             proj=cfg['head_proj'],
+            norm=cfg['head_norm'],
             temperature=temp,
             coupled_norm=None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial),
             spatial=self.spatial,
