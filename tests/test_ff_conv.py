@@ -288,6 +288,9 @@ def test_head_norm_standardises_the_goodness_and_is_affine_at_eval():
     mean, var = head.norm.running_mean, head.norm.running_var
     torch.testing.assert_close(head(h), head.proj((g - mean) / torch.sqrt(var + 1e-5)))
     assert timm.create_model('dtgff_cnn_s').units[3].head.norm is None
+    resnet = timm.create_model('dtgff_resnet18')  # the DTG-FF ResNets' default (DTGFF_RESNET_DEFAULTS)
+    assert all(isinstance(u.head.norm, torch.nn.BatchNorm1d) for u in resnet.units)
+    assert timm.create_model('dtgff_resnet18', head_norm='none').units[0].head.norm is None
     with pytest.raises(ConfigError, match="classic FF models .* use head_norm='none'"):
         timm.create_model('ff_cnn_s', head_norm='batchnorm')
     with pytest.raises(ValueError, match="unknown value for head_norm 'layer'"):
