@@ -6,6 +6,7 @@ with :func:`register_objective` and goodness modes with :func:`register_goodness
 """
 from .version import __version__
 from .errors import CheckpointError, ConfigError, DataError, HubError, TimmFFError, TrainingError
-from .models import DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FF_DEFAULTS, FF_KWARGS, FFCNN, FFMLP, FFNet, FFResNet, HUB_ORG, LocalUnit
+from .models import (DTGFF_DEFAULTS, DTGFF_RESNET_DEFAULTS, FF_CONV_DEFAULTS, FF_DEFAULTS, FF_KWARGS, FFCNN, FFMLP,
+                     FFNet, FFResNet, HUB_ORG, LocalUnit)
 from .layers import list_goodness, register_goodness
 from .objectives import create_objective, list_objectives, register_objective

@@ -3,4 +3,4 @@ from ._ffnet import DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FF_DEFAULTS, FF_KWARGS, FF
 from ._hub_org import HUB_ORG
 from .ff_cnn import FFCNN
 from .ff_mlp import FFMLP
-from .ff_resnet import FFResNet
+from .ff_resnet import DTGFF_RESNET_DEFAULTS, FFResNet
