@@ -5,17 +5,17 @@ import torch
 from accelerate import Accelerator
 
 import timm_ff
-from timm_ff.trainer import LocalTrainer
+from timm_ff.trainer import LocalTrainer, fusion_candidates
 
 from _cli import assert_ok, max_abs_diff, run_train, weights
 
 
-def _trainer(tmp_path, model, clip, fusion_check_loader=None):
+def _trainer(tmp_path, model, clip, fusion_check_loader=None, eval_loader=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 3, 32, 32),
                                                                         torch.zeros(4, dtype=torch.long)), batch_size=2)
     return LocalTrainer(accelerator=Accelerator(cpu=True), model=model, objective=timm_ff.create_objective('dtg'),
-                        optimizer=opt, scheduler=None, train_loader=loader, eval_loader=loader, epochs=1,
+                        optimizer=opt, scheduler=None, train_loader=loader, eval_loader=eval_loader or loader, epochs=1,
                         output_dir=tmp_path, clip_grad=clip, progress=False, fusion_check_loader=fusion_check_loader)
 
 
@@ -80,6 +80,45 @@ def test_fusion_check_never_leaves_the_fusion_below_a_unit(tmp_path, model_name)
     assert torch.equal(clone.eval()(x[:8]), model.eval()(x[:8]))
     with pytest.raises(ValueError, match='cannot select units'):
         model.fusion.select_units([9])
+
+
+def _labelled_loader(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=16)
+
+
+def test_eval_counts_every_fusion_the_check_can_choose_as_a_fresh_eval_scores_it(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('dtgff_cnn_s')
+    with torch.no_grad():
+        model.fusion.logit_weights.normal_()  # 'as trained' differs from the plain mean
+    trainer = _trainer(tmp_path, model, clip=None, fusion_check_loader=_labelled_loader(seed=1),
+                       eval_loader=_labelled_loader())
+    metrics = trainer.evaluate()
+    counted = dict(trainer._eval_candidates)
+    candidates, _ = fusion_candidates(model.fusion, 'cpu')
+    assert list(counted) == list(candidates) and counted['as trained'] == metrics['accuracy']
+    assert len(set(counted.values())) > 2  # the candidates score differently, so a mix-up of names would show
+    trained = {k: v.clone() for k, v in model.fusion.state_dict().items()}
+    for name, units in candidates.items():
+        model.fusion.load_state_dict(trained)
+        if units is not None:
+            model.fusion.select_units(units)
+        assert trainer.evaluate()['accuracy'] == counted[name], name
+    assert trainer.evaluate(_labelled_loader(seed=1)) and trainer._eval_candidates == {}  # other loaders: no count
+
+
+def test_fit_takes_the_chosen_fusions_accuracy_from_the_last_eval_not_a_second_pass(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('dtgff_cnn_s')
+    trainer = _trainer(tmp_path, model, clip=None, fusion_check_loader=_labelled_loader(seed=1),
+                       eval_loader=_labelled_loader())
+    passes, evaluate = [], trainer.evaluate
+    trainer.evaluate = lambda loader=None: passes.append(loader) or evaluate(loader)
+    result = trainer.fit()
+    assert result['fusion_check']['chosen'] != 'as trained' and passes == [None]
+    assert result['accuracy'] == evaluate()['accuracy']  # the selected fusion, scored afresh
 
 
 def test_fusion_check_considers_runs_of_units_that_do_not_end_at_the_last(tmp_path):

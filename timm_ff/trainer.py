@@ -13,7 +13,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -141,6 +141,20 @@ def compile_units(units: List[torch.nn.Module]) -> str:
 _FUSION_MARGIN_PP = 0.5
 
 
+def fusion_candidates(fusion, device) -> Tuple[Dict[str, Optional[List[int]]], torch.Tensor]:
+    """What the fusion check compares: the fusion as trained, each fused unit alone and the mean of every run of
+    consecutive fused units, as ``({name: units or None for 'as trained'}, (C, M) weights)``; a candidate's
+    weights are what :meth:`LogitFusion.weights` gives after ``select_units`` of its units."""
+    units = fusion.fused_units
+    ranges = {f'mean of units {units[i]}-{units[j - 1]}': units[i:j]
+              for i in range(len(units)) for j in range(i + 2, len(units) + 1)}
+    candidates = {'as trained': None, **{f'unit {u}': [u] for u in units}, **ranges}
+    weights = torch.stack([fusion.weights().detach().to(device) if subset is None else torch.tensor(
+        [1.0 / len(subset) if u in subset else 0.0 for u in units], device=device)
+        for subset in candidates.values()])
+    return candidates, weights
+
+
 class AccuracyCounts:
     """Per-unit and fused top-1 hits summed on the device over eval batches, read once in :meth:`result`.
 
@@ -151,9 +165,11 @@ class AccuracyCounts:
         self.correct, self.total = None, None
 
     @staticmethod
-    def predictions(unit_logits: List[torch.Tensor], fused: torch.Tensor) -> torch.Tensor:
-        """(B, units + 1) predicted classes: every unit's, then the fused one."""
-        return torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)], dim=1)
+    def predictions(unit_logits: List[torch.Tensor], fused: torch.Tensor,
+                    candidates: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """(B, units + 1 + C) predicted classes: every unit's, the fused one, then each of C candidate fusions'."""
+        return torch.stack([z.argmax(1) for z in unit_logits] + [fused.argmax(1)] + [c.argmax(1) for c in candidates],
+                           dim=1)
 
     def add(self, preds: torch.Tensor, y: torch.Tensor) -> None:
         """Count a batch of :meth:`predictions` against labels ``y``."""
@@ -162,12 +178,17 @@ class AccuracyCounts:
         self.correct = hits if self.correct is None else self.correct + hits
         self.total = keep.sum() if self.total is None else self.total + keep.sum()
 
-    def result(self) -> Dict:
-        """Accuracies in percent (one host read)."""
+    def result(self, num_candidates: int = 0) -> Dict:
+        """Accuracies in percent (one host read); with ``num_candidates`` C, the last C prediction columns are
+        candidate fusions, returned as ``candidate_accuracy``."""
         if self.correct is None:
             return dict(accuracy=0.0, unit_accuracy=[], eval_images=0)
         values = torch.cat([self.correct.float() / self.total.clamp_min(1) * 100, self.total[None].float()]).tolist()
-        return dict(accuracy=values[-2], unit_accuracy=values[:-2], eval_images=int(values[-1]))
+        acc, n = values[:-1], len(values) - 2 - num_candidates
+        out = dict(accuracy=acc[n], unit_accuracy=acc[:n], eval_images=int(values[-1]))
+        if num_candidates:
+            out['candidate_accuracy'] = acc[n + 1:]
+        return out
 
 
 class LocalTrainer:
@@ -465,13 +486,7 @@ class LocalTrainer:
         fusion = self.model.fusion
         keep = labels >= 0  # the tensor loader pads its last batch with label -1 rows
         units = fusion.fused_units
-        ranges = {f'mean of units {units[i]}-{units[j - 1]}': units[i:j]
-                  for i in range(len(units)) for j in range(i + 2, len(units) + 1)}
-        candidates = {'as trained': None, **{f'unit {u}': [u] for u in units}, **ranges}
-        device = labels.device
-        weights = torch.stack([fusion.weights().to(device) if subset is None else torch.tensor(
-            [1.0 / len(subset) if u in subset else 0.0 for u in units], device=device)
-            for subset in candidates.values()])  # (candidates, M)
+        candidates, weights = fusion_candidates(fusion, labels.device)
         hits = torch.stack([(fusion.combine(logits, w).argmax(1) == labels) & keep for w in weights])
         n = keep.sum().float()
         values = torch.cat([hits.sum(1).float() / n.clamp_min(1) * 100, n[None]]).tolist()  # one read
@@ -493,18 +508,30 @@ class LocalTrainer:
         """Per-unit and fused top-1 accuracy on the eval set (or ``loader``), gathered over processes."""
         self.model.eval()
         counts = AccuracyCounts()
+        # on the eval set, when a fusion check may follow, also count every fusion it can choose, so that its
+        # choice's accuracy needs no second pass (classic FF scores every label: an eval is K passes an image)
+        names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
+            if loader is None and self._fusion_checked() else ({}, ())
         for x, y in (self.eval_loader if loader is None else loader):  # no host read until the end
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
                 fused = self.model.fusion(unit_logits)
-            preds, y = self.acc.gather_for_metrics((counts.predictions(unit_logits, fused), y))
+            extra = [self.model.fusion.combine(unit_logits, w) for w in weights]
+            preds, y = self.acc.gather_for_metrics((counts.predictions(unit_logits, fused, extra), y))
             counts.add(preds, y)
-        return counts.result()
+        metrics = counts.result(len(names))
+        self._eval_candidates = dict(zip(names, metrics.pop('candidate_accuracy', [])))
+        return metrics
+
+    def _fusion_checked(self) -> bool:
+        """Whether :meth:`check_fusion` has a choice to make."""
+        return self.fusion_check_loader is not None and len(self.model.fusion.fused_units) >= 2
 
     def fit(self, resume: Optional[str] = None) -> Dict:
         """Train (resuming if asked), evaluate every ``eval_every`` epochs and after the last; returns the final metrics."""
         if resume:
             self.load_checkpoint(resume)
+        self._eval_candidates: Dict[str, float] = {}
         history: List[Dict] = []
         train_time, train_images, epochs_run = 0.0, 0, 0
         wall0 = time.perf_counter()
@@ -534,7 +561,8 @@ class LocalTrainer:
         final = history[-1] if history else dict(self.evaluate(), epoch=self.state.epoch, step=self.state.global_step)
         fusion_check = self.check_fusion() if self.state.epoch >= self.epochs else None
         if fusion_check is not None and fusion_check['chosen'] != 'as trained':
-            final = dict(final, **self.evaluate())
+            chosen = self._eval_candidates.get(fusion_check['chosen'])  # counted by the last eval, same weights
+            final = dict(final, **self.evaluate()) if chosen is None else dict(final, accuracy=chosen)
         return dict(
             accuracy=final['accuracy'], unit_accuracy=final['unit_accuracy'], epochs_run=epochs_run,
             fusion_check=fusion_check,
