@@ -78,6 +78,8 @@ def main():
         runs[obj]['train_command'] = ' '.join(cmd[1:]) if cmd[0] == sys.executable else ' '.join(cmd)
         runs[obj]['run_commit'] = json.loads((out / 'run_info.json').read_text())['git_commit']
         runs[obj]['history_accuracy'] = [h['accuracy'] for h in m['history']]
+        runs[obj]['history_unit_accuracy'] = [h['unit_accuracy'] for h in m['history']]  # per eval epoch
+        runs[obj]['history_epochs'] = [h['epoch'] for h in m['history']]
     result = dict(prov, recipe=Path(args.recipe).read_text(), runs=runs)
     if 'dtg' in runs and 'bp_deepsup' in runs:
         ff, bp = runs['dtg'], runs['bp_deepsup']
