@@ -51,7 +51,8 @@ from .data import set_augmentation_epoch
 from .data.tensor import TensorLoader
 from .errors import CheckpointError, ConfigError, TimmFFError, TrainingError
 from .task import LocalTask, check_micro_batch_size, detach_state, map_state
-from .trainer import _STATE_FILE, CHECKPOINT_DIR, AccuracyCounts, LocalTrainer, find_checkpoint, write_json_atomic
+from .trainer import (_STATE_FILE, CHECKPOINT_DIR, AccuracyCounts, LocalTrainer, find_checkpoint, fusion_candidates,
+                      write_json_atomic)
 
 __all__ = ['parse_split', 'balanced_split', 'profile_unit_costs', 'restrict_optimizer', 'PipelineTrainer',
            'check_pipeline']
@@ -521,11 +522,21 @@ class PipelineTrainer(LocalTrainer):
 
     def evaluate(self, loader=None) -> Dict[str, float]:
         counts = AccuracyCounts()
+        # as LocalTrainer.evaluate: on the eval set the last stage also counts every fusion the check can choose
+        names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
+            if self.last and loader is None and self._fusion_checked() else ({}, ())
 
         def consume(unit_logits, y):
-            counts.add(counts.predictions(unit_logits, self.model.fusion(unit_logits)), y)
+            extra = [self.model.fusion.combine(unit_logits, w) for w in weights]
+            counts.add(counts.predictions(unit_logits, self.model.fusion(unit_logits), extra), y)
         self._forward(self.eval_loader if loader is None else loader, consume)
-        return self._broadcast(counts.result() if self.last else None, self.num_stages - 1)
+        result = None
+        if self.last:
+            result = counts.result(len(names))
+            result['candidates'] = dict(zip(names, result.pop('candidate_accuracy', [])))
+        metrics = self._broadcast(result, self.num_stages - 1)
+        self._eval_candidates = metrics.pop('candidates')
+        return metrics
 
     def check_fusion(self) -> Optional[Dict]:
         fusion = self.model.fusion  # its unit layout is plain ints, known on every stage
