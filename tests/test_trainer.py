@@ -95,7 +95,7 @@ def test_eval_counts_every_fusion_the_check_can_choose_as_a_fresh_eval_scores_it
         model.fusion.logit_weights.normal_()  # 'as trained' differs from the plain mean
     trainer = _trainer(tmp_path, model, clip=None, fusion_check_loader=_labelled_loader(seed=1),
                        eval_loader=_labelled_loader())
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(count_candidates=True)
     counted = dict(trainer._eval_candidates)
     candidates, _ = fusion_candidates(model.fusion, 'cpu')
     assert list(counted) == list(candidates) and counted['as trained'] == metrics['accuracy']
@@ -106,7 +106,7 @@ def test_eval_counts_every_fusion_the_check_can_choose_as_a_fresh_eval_scores_it
         if units is not None:
             model.fusion.select_units(units)
         assert trainer.evaluate()['accuracy'] == counted[name], name
-    assert trainer.evaluate(_labelled_loader(seed=1)) and trainer._eval_candidates == {}  # other loaders: no count
+    assert trainer.evaluate() and trainer._eval_candidates == {}  # an eval not before the check counts none
 
 
 def test_fit_takes_the_chosen_fusions_accuracy_from_the_last_eval_not_a_second_pass(tmp_path):
@@ -115,9 +115,9 @@ def test_fit_takes_the_chosen_fusions_accuracy_from_the_last_eval_not_a_second_p
     trainer = _trainer(tmp_path, model, clip=None, fusion_check_loader=_labelled_loader(seed=1),
                        eval_loader=_labelled_loader())
     passes, evaluate = [], trainer.evaluate
-    trainer.evaluate = lambda loader=None: passes.append(loader) or evaluate(loader)
+    trainer.evaluate = lambda loader=None, **kw: passes.append((loader, kw)) or evaluate(loader, **kw)
     result = trainer.fit()
-    assert result['fusion_check']['chosen'] != 'as trained' and passes == [None]
+    assert result['fusion_check']['chosen'] != 'as trained' and passes == [(None, dict(count_candidates=True))]
     assert result['accuracy'] == evaluate()['accuracy']  # the selected fusion, scored afresh
 
 

@@ -520,11 +520,11 @@ class PipelineTrainer(LocalTrainer):
         if self.next is not None:
             self.next.flush()
 
-    def evaluate(self, loader=None) -> Dict[str, float]:
+    def evaluate(self, loader=None, count_candidates: bool = False) -> Dict[str, float]:
         counts = AccuracyCounts()
-        # as LocalTrainer.evaluate: on the eval set the last stage also counts every fusion the check can choose
+        # as LocalTrainer.evaluate; the last stage counts the candidate fusions and broadcasts them
         names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
-            if self.last and loader is None and self._fusion_checked() else ({}, ())
+            if self.last and count_candidates and self._fusion_checked() else ({}, ())
 
         def consume(unit_logits, y):
             extra = [self.model.fusion.combine(unit_logits, w) for w in weights]

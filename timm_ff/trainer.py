@@ -504,14 +504,17 @@ class LocalTrainer:
         return dict(images=n_images, accuracy=scores, chosen=best)
 
     @torch.no_grad()
-    def evaluate(self, loader=None) -> Dict[str, float]:
-        """Per-unit and fused top-1 accuracy on the eval set (or ``loader``), gathered over processes."""
+    def evaluate(self, loader=None, count_candidates: bool = False) -> Dict[str, float]:
+        """Per-unit and fused top-1 accuracy on the eval set (or ``loader``), gathered over processes.
+
+        ``count_candidates`` (the final eval, before the fusion check) also counts every fusion the check can
+        choose, so that its choice's accuracy needs no second pass (classic FF scores every label: an eval is
+        K passes an image).
+        """
         self.model.eval()
         counts = AccuracyCounts()
-        # on the eval set, when a fusion check may follow, also count every fusion it can choose, so that its
-        # choice's accuracy needs no second pass (classic FF scores every label: an eval is K passes an image)
         names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
-            if loader is None and self._fusion_checked() else ({}, ())
+            if count_candidates and self._fusion_checked() else ({}, ())
         for x, y in (self.eval_loader if loader is None else loader):  # no host read until the end
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
@@ -547,7 +550,7 @@ class LocalTrainer:
                 self.acc.print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  (no eval: --eval-every "
                                f"{self.eval_every})  {speed}")
             else:
-                metrics = self.evaluate()
+                metrics = self.evaluate(count_candidates=epoch + 1 >= self.epochs)
                 history.append(dict(epoch=epoch, step=self.state.global_step, **stats, **metrics))
                 self.acc.log({'eval/accuracy': metrics['accuracy'], 'train/epoch_loss': stats['train_loss'],
                               **{f'eval/unit{u}_accuracy': a for u, a in enumerate(metrics['unit_accuracy'])}},
@@ -558,7 +561,8 @@ class LocalTrainer:
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
             self.save_checkpoint()
-        final = history[-1] if history else dict(self.evaluate(), epoch=self.state.epoch, step=self.state.global_step)
+        final = history[-1] if history else dict(self.evaluate(count_candidates=True), epoch=self.state.epoch,
+                                                 step=self.state.global_step)
         fusion_check = self.check_fusion() if self.state.epoch >= self.epochs else None
         if fusion_check is not None and fusion_check['chosen'] != 'as trained':
             chosen = self._eval_candidates.get(fusion_check['chosen'])  # counted by the last eval, same weights
