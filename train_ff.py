@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--weight-decay', default=5e-4, type=float, help='decoupled weight decay')
     g.add_argument('--opt', default='adamw', help='timm optimizer name')
     g.add_argument('--layer-decay', default=0.0, type=float,
-                   help="per-unit learning rates (timm's layer-wise lr decay over the model's group_matcher): unit u "
-                        "(body and head) trains at lr * decay**(last unit - u), the last unit and the fusion at lr, a "
-                        "ResNet's stem one step below unit 0 (0: off, every unit at lr)")
+                   help="per-unit learning rates (timm's layer-wise lr decay over the model's group_matcher): every "
+                        "parameter of unit u (body, head, and for unit 0 the stem and label code) trains at "
+                        "lr * decay**(last unit - u), the last unit and the fusion at lr (0: off, every unit at lr)")
     g.add_argument('--sched', default='cosine', help="timm scheduler name ('none' for a constant lr)")
     g.add_argument('--warmup-epochs', default=0, type=int, help='linear warm-up epochs')
     g.add_argument('--min-lr', default=1e-5, type=float, help='final learning rate of the schedule')

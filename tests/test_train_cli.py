@@ -53,20 +53,47 @@ def test_eval_every_and_held_out_fusion_check(tmp_path):
     assert info['data']['fusion_check_rows'] == 40 and info['data']['train_rows'] == 100
 
 
-@pytest.mark.timeout(300)
-def test_layer_decay_gives_each_unit_its_own_learning_rate(tmp_path):
-    """--layer-decay d: unit u (body and head) trains at lr * d**(last - u); with --sched none that holds from
-    the first step on (no scheduler rescales the groups)."""
+def _lr_scale_by_name(run_dir, model_name: str, decay: float) -> dict:
+    """{parameter name: (lr_scale, lr)} of a finished --layer-decay run's saved optimiser: the saved groups are
+    matched to names through the same timm grouping on a fresh model, and each index's saved Adam state to the
+    named parameter's shape."""
     import torch
-    out = tmp_path / 'run'
-    assert_ok(run_train('--model', 'dtgff_cnn_s', '--objective', 'dtg', '--epochs', '1', '--max-train-steps', '2',
-                        '--sched', 'none', '--layer-decay', '0.5', '--output', out))
-    state = torch.load(find_checkpoint(str(out)) / 'optimizer.bin', weights_only=False)
-    groups = state['param_groups']
-    scales = sorted({round(g['lr_scale'], 9) for g in groups})
-    assert scales == [0.125, 0.25, 0.5, 1.0]  # dtgff_cnn_s's 4 units (unit 0 is the stem), the fusion with the last
-    for g in groups:
-        assert g['lr'] == pytest.approx(2e-3 * g['lr_scale'])
+    from timm.optim import create_optimizer_v2
+    saved = torch.load(find_checkpoint(str(run_dir)) / 'optimizer.bin', weights_only=False)
+    model = timm.create_model(model_name, num_classes=10)
+    fresh = create_optimizer_v2(model, opt='adamw', lr=2e-3, weight_decay=5e-4, layer_decay=decay)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    params = [p for g in fresh.param_groups for p in g['params']]
+    assert len(saved['param_groups']) == len(fresh.param_groups)
+    out = {}
+    for group, fresh_group in zip(saved['param_groups'], fresh.state_dict()['param_groups']):
+        assert group['params'] == fresh_group['params']
+        for i in group['params']:
+            assert saved['state'][i]['exp_avg'].shape == params[i].shape, name_of[id(params[i])]
+            out[name_of[id(params[i])]] = (group['lr_scale'], group['lr'])
+    assert sorted(out) == sorted(name_of.values())  # every parameter, once
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_layer_decay_gives_each_unit_its_own_learning_rate(tmp_path):
+    """--layer-decay d: every parameter of unit u (body, head, and for unit 0 the stem) trains at
+    lr * d**(last - u), the fusion with the last unit at lr; with --sched none that holds from the first step on
+    (no scheduler rescales the groups)."""
+    import torch
+    for model, decay, last in (('dtgff_cnn_s', 0.5, 3), ('dtgff_resnet18', 0.9, 7)):
+        out = tmp_path / model
+        assert_ok(run_train('--model', model, '--objective', 'dtg', '--epochs', '1', '--max-train-steps', '1',
+                            '--fusion-check-images', '0', '--sched', 'none', '--layer-decay', str(decay),
+                            '--output', out))
+        got = _lr_scale_by_name(out, model, decay)
+        for name, (scale, lr) in got.items():
+            want = 1.0 if name.startswith('fusion.') else decay ** (last - int(name.split('.')[1]))
+            assert scale == pytest.approx(want), (model, name, scale, want)
+            assert lr == pytest.approx(2e-3 * want), (model, name)
+        assert {n.split('.')[2] for n in got if n.startswith('units.0.')} >= {'stem', 'head'}  # the stem is unit 0's
+        assert any(n.startswith('fusion.') for n in got)
+        assert sorted({round(s, 9) for s, _ in got.values()}) == sorted(round(decay ** k, 9) for k in range(last + 1))
     assert_ok(run_train('--model', 'dtgff_cnn_s', '--objective', 'dtg', '--epochs', '1', '--max-train-steps', '2',
                         '--sched', 'none', '--output', tmp_path / 'plain'))
     plain = torch.load(find_checkpoint(str(tmp_path / 'plain')) / 'optimizer.bin', weights_only=False)

@@ -486,8 +486,11 @@ class FFNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(stem=r'^units\.0\.(?:stem|label_embed)', blocks=r'^units\.(\d+)' if coarse else [
-            (r'^units\.(\d+)\.(?:in_norm|body)', None), (r'^units\.(\d+)\.head', (99999,)), (r'^fusion', (99999,))])
+        # fine (what --layer-decay uses): one group per unit, the stem and label code with unit 0 (its loss
+        # trains them) and each unit's head with its body; the fusion joins the last unit (99999: previous group)
+        if coarse:
+            return dict(stem=r'^units\.0\.(?:stem|label_embed)', blocks=r'^units\.(\d+)')
+        return dict(stem=r'^units\.0\.', blocks=[(r'^units\.(\d+)\.', None), (r'^fusion', (99999,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
