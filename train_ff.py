@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--crop-padding', default=4, type=int, help='zero padding in pixels for --aug crop_flip')
     g.add_argument('--aug-scale', default=(0.35, 1.0), type=float, nargs=2, help='RandomResizedCrop scale range (--aug rrc)')
     g.add_argument('--hflip', default=0.5, type=float, help='horizontal flip probability')
-    g.add_argument('--color-jitter', default=0.0, type=float, help='colour jitter strength (0: off)')
+    g.add_argument('--color-jitter', default=0.0, type=float,
+                   help='colour jitter strength j (0: off): brightness, contrast and saturation factors drawn per image '
+                        'from [max(0, 1-j), 1+j], after crop and flip, with every --aug on both data paths')
     g = p.add_argument_group('optimisation')
     g.add_argument('--epochs', default=2, type=int, help='epochs')
     g.add_argument('--batch-size', default=64, type=int, help='batch size per process')

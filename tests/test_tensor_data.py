@@ -179,11 +179,56 @@ def test_mixed_image_sizes(tmp_path, sample):
 @pytest.mark.parametrize('kwargs,match', [
     (dict(aug='cutmix'), "unknown augmentation 'cutmix'; allowed: crop_flip, none, rrc"),
     (dict(crop_padding=-2), 'crop padding must be a non-negative integer.*-2'),
-    (dict(pipeline='tensor', train_transform_kwargs={'color_jitter': 0.4}), 'supports the transform arguments'),
+    (dict(pipeline='tensor', train_transform_kwargs={'re_prob': 0.25}),
+     r"the tensor data path supports the transform arguments scale, hflip and color_jitter, not \['re_prob'\]"),
+    (dict(pipeline='pil', aug='crop_flip', train_transform_kwargs={'re_prob': 0.25}),
+     r"--aug crop_flip supports the transform arguments scale, hflip and color_jitter, not \['re_prob'\]"),
+    (dict(pipeline='tensor', train_transform_kwargs={'color_jitter': -0.4}),
+     r'color jitter strength must be a number >= 0 \(0: off\), got -0.4'),
+    (dict(pipeline='pil', aug='crop_flip', train_transform_kwargs={'color_jitter': -0.4}),
+     r'color jitter strength must be a number >= 0 \(0: off\), got -0.4'),
+    (dict(pipeline='pil', aug='rrc', train_transform_kwargs={'color_jitter': 'strong'}),
+     r"color jitter strength must be a number >= 0 \(0: off\), got 'strong'"),
 ])
 def test_bad_augmentation_arguments(sample, kwargs, match):
     with pytest.raises((ConfigError, DataError), match=match):
         create_loaders(sample, data_config=CIFAR_CONFIG, batch_size=8, **kwargs)
+
+
+@pytest.mark.parametrize('pipeline,aug', [('pil', 'crop_flip'), ('tensor', 'crop_flip'), ('pil', 'rrc'),
+                                          ('tensor', 'rrc'), ('tensor', 'none')])
+def test_color_jitter_is_applied_on_both_paths(sample, pipeline, aug):
+    """color_jitter changes the training images on either path with any augmentation (the same crops and flips,
+    other colours), the same way on every run with the same seed; 0 is off."""
+    def first_batch(jitter):
+        train, _ = create_loaders(sample, data_config=CIFAR_CONFIG, batch_size=16, pipeline=pipeline, aug=aug,
+                                  seed=3, train_transform_kwargs={'color_jitter': jitter})
+        return next(iter(train))
+
+    (plain, y0), (jit, y1), (again, _) = first_batch(0.0), first_batch(0.4), first_batch(0.4)
+    assert torch.equal(y0, y1) and plain.shape == jit.shape
+    assert torch.equal(jit, again)
+    changed = (jit - plain).abs().flatten(1).amax(1) > 0.05
+    assert changed.sum() >= 12, changed  # nearly every image recoloured (a factor can land near 1)
+    # the jitter keeps the pixels in range: normalised values of pixels in [0, 255]
+    mean, std = (torch.tensor(CIFAR_CONFIG[k])[None, :, None, None] for k in ('mean', 'std'))
+    pixels = jit * std + mean
+    assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4
+
+
+def test_tensor_color_jitter_is_per_image_and_keeps_grey_images_grey(sample):
+    split = decode_split(sample.train, 'img', 'label')
+    tf = BatchAugment((32, 32), **IDENTITY, train=True, aug='none', hflip=0.0, color_jitter=0.4)
+    idx = torch.arange(16)
+    whole = tf(split.images[idx], idx, seed=0, epoch=1)
+    halves = torch.cat([tf(split.images[idx[:8]], idx[:8], 0, 1), tf(split.images[idx[8:]], idx[8:], 0, 1)])
+    assert torch.equal(whole, halves) and not torch.equal(whole, split.images[idx].float())
+    assert not torch.equal(whole, tf(split.images[idx], idx, seed=0, epoch=2))  # a new epoch, new factors
+    grey = BatchAugment((32, 32), mean=(0.0,), std=(1 / 255,), train=True, aug='none', hflip=0.0, color_jitter=0.4)
+    out = grey(split.images[idx, :1], idx)
+    assert out.shape == (16, 1, 32, 32) and 0 <= out.min() and out.max() <= 255
+    with pytest.raises(DataError, match=r'color jitter strength must be a number >= 0 \(0: off\), got -1'):
+        BatchAugment((32, 32), **IDENTITY, train=True, color_jitter=-1)
 
 
 def test_crop_flip_on_the_pil_path(sample):

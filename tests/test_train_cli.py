@@ -183,6 +183,7 @@ BAD_INPUTS = [
     (['--push-to-hub', 'not/a/repo id'], "'not/a/repo id'"),
     (['-c', '{aug_recipe}'], "unknown --aug 'cutout'; allowed: crop_flip, rrc, none"),
     (['--crop-padding', '-4'], '--crop-padding must be a non-negative integer number of pixels, got -4'),
+    (['--color-jitter', '-0.5'], 'color jitter strength must be a number >= 0 (0: off), got -0.5'),
     (['-c', '{pipe_recipe}'], "unknown --data-pipeline 'gpu'; allowed: auto, tensor, pil"),
     (['--model', 'ff_cnn_s', '--linear-probe'], "--linear-probe trains class heads on frozen features, but objective 'ff'"),
     (['--sync-bn'], '--sync-bn synchronises BatchNorm across processes, but this run has 1 process'),

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DataError, unknown_choice
 from .splits import ImageData
-from .tensor import TensorLoader, check_augmentation, create_tensor_loaders
+from .tensor import TensorLoader, check_augmentation, check_color_jitter, create_tensor_loaders
 from .transforms import _INDEX_COLUMN, _BatchTransform, _fit_channels, make_transform
 
 __all__ = ['create_loaders', 'batches_per_process']
@@ -41,7 +41,9 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
         eval_batch_size: Eval batch size (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         in_chans: Model input channels; images are converted to 'RGB' (3) or 'L' (1).
-        train_transform_kwargs: Extra ``timm.data.create_transform`` arguments for training only.
+        train_transform_kwargs: Extra ``timm.data.create_transform`` arguments for training only. ``scale``,
+            ``hflip`` and ``color_jitter`` (a strength >= 0, default 0: off) work with every ``aug`` on both
+            paths; the others only with ``pipeline='pil'`` and ``aug`` 'rrc' or 'none' (timm's transform).
         seed: Seed of the generator that shuffles the training set and of per-sample augmentation.
         drop_last: Drop the last incomplete training batch.
         pipeline: 'pil' (DataLoader, per-image transforms) or 'tensor' (see :func:`create_tensor_loaders`);
@@ -71,22 +73,27 @@ def create_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_
         raise DataError(f"train split has {len(data.train)} rows, fewer than batch_size {batch_size}, so "
                         "no full batch exists; lower the batch size or pass drop_last=False")
     tf_kwargs = dict(train_transform_kwargs or {})
-    if pipeline == 'tensor':
-        extra = sorted(k for k, v in tf_kwargs.items() if k not in ('scale', 'hflip') and v is not None)
+    jitter = check_color_jitter(tf_kwargs.get('color_jitter'))
+    tf_kwargs['color_jitter'] = jitter or None  # off unless given (timm's own default would be 0.4)
+    if pipeline == 'tensor' or aug == 'crop_flip':
+        extra = sorted(k for k, v in tf_kwargs.items() if k not in ('scale', 'hflip', 'color_jitter') and v is not None)
         if extra:
-            raise DataError(f"the tensor data path supports the transform arguments scale and hflip, not {extra}; "
-                            "use --data-pipeline pil for timm's full transform set")
+            where = 'the tensor data path' if pipeline == 'tensor' else "--aug crop_flip"
+            raise DataError(f"{where} supports the transform arguments scale, hflip and color_jitter, not {extra}; "
+                            "use --data-pipeline pil with --aug rrc or none for timm's full transform set")
+    if pipeline == 'tensor':
         return create_tensor_loaders(
             data, data_config=data_config, batch_size=batch_size, eval_batch_size=eval_batch_size, in_chans=in_chans,
             seed=seed, drop_last=drop_last, aug=aug, crop_padding=crop_padding, hflip=tf_kwargs.get('hflip', 0.5),
-            scale=tuple(tf_kwargs.get('scale', (0.08, 1.0))), device=device, process_index=process_index,
-            num_processes=num_processes, channels_last=channels_last)
+            scale=tuple(tf_kwargs.get('scale', (0.08, 1.0))), color_jitter=jitter, device=device,
+            process_index=process_index, num_processes=num_processes, channels_last=channels_last)
     mode = 'L' if in_chans == 1 else 'RGB'
     if aug == 'crop_flip':  # timm has no padded random crop: torchvision's, as the CIFAR papers use
         from torchvision import transforms as T
         size = tuple(data_config['input_size'][-2:])
+        jitter_tf = [T.ColorJitter(jitter, jitter, jitter)] if jitter else []  # as timm's float color_jitter
         train_tf = T.Compose([T.Resize(size), T.RandomCrop(size, padding=crop_padding),
-                              T.RandomHorizontalFlip(tf_kwargs.get('hflip', 0.5)), T.ToTensor(),
+                              T.RandomHorizontalFlip(tf_kwargs.get('hflip', 0.5)), *jitter_tf, T.ToTensor(),
                               T.Normalize(_fit_channels(data_config.get('mean', (0.5,)), in_chans, 'mean'),
                                           _fit_channels(data_config.get('std', (0.5,)), in_chans, 'std'))])
     else:

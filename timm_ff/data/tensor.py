@@ -35,13 +35,14 @@ from ..errors import DataError, unknown_choice
 from .splits import ImageData
 from .transforms import _fit_channels
 
-__all__ = ['TRAIN_AUGS', 'DATA_PIPELINES', 'check_augmentation', 'DecodedSplit', 'decode_split',
-           'decoded_cache_dir', 'estimate_bytes', 'BatchAugment', 'TensorLoader', 'per_image_uniform',
+__all__ = ['TRAIN_AUGS', 'DATA_PIPELINES', 'check_augmentation', 'check_color_jitter', 'DecodedSplit',
+           'decode_split', 'decoded_cache_dir', 'estimate_bytes', 'BatchAugment', 'TensorLoader', 'per_image_uniform',
            'TENSOR_MEMORY_BUDGET', 'choose_pipeline', 'create_tensor_loaders']
 
 TRAIN_AUGS = ('crop_flip', 'rrc', 'none')
 """Training augmentations: random crop of the zero-padded image (the CIFAR papers' recipe), timm-style
-RandomResizedCrop, or no crop; each followed by a horizontal flip with probability ``hflip``."""
+RandomResizedCrop, or no crop; each followed by a horizontal flip with probability ``hflip`` and, with a
+colour jitter strength above 0, colour jitter (:func:`check_color_jitter`)."""
 DATA_PIPELINES = ('auto', 'tensor', 'pil')
 _CACHE_VERSION = '1'
 _MASK32 = 0xFFFF_FFFF
@@ -53,6 +54,19 @@ def check_augmentation(aug: str, padding: int) -> None:
         raise unknown_choice('augmentation', aug, TRAIN_AUGS)
     if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
         raise DataError(f'crop padding must be a non-negative integer number of pixels, got {padding!r}')
+
+
+def check_color_jitter(strength: Any) -> float:
+    """The colour jitter strength as a float (0: off), or one clear error (both data paths).
+
+    Strength ``j`` draws brightness, contrast and saturation factors from ``[max(0, 1 - j), 1 + j]``, as
+    torchvision's ``ColorJitter(j, j, j)`` (what timm builds from a float ``color_jitter``); no hue.
+    """
+    if strength is None:
+        return 0.0
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength >= 0:
+        raise DataError(f'color jitter strength must be a number >= 0 (0: off), got {strength!r}')
+    return float(strength)
 
 
 def decoded_cache_dir() -> Path:
@@ -206,7 +220,7 @@ class BatchAugment:
     def __init__(self, size: Sequence[int], mean: Sequence[float], std: Sequence[float], *, train: bool,
                  aug: str = 'crop_flip', padding: int = 4, hflip: float = 0.5,
                  scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 channels_last: bool = False):
+                 color_jitter: float = 0.0, channels_last: bool = False):
         """
         Args:
             size: Output (H, W).
@@ -218,6 +232,9 @@ class BatchAugment:
             hflip: Horizontal flip probability (train only).
             scale: Area range of 'rrc', as fractions of the image.
             ratio: Aspect ratio range of 'rrc'.
+            color_jitter: Colour jitter strength (train only, 0: off), see :func:`check_color_jitter`:
+                brightness, contrast, then saturation, each factor drawn per image (torchvision draws
+                the order at random, this path keeps it fixed).
             channels_last: Return channels_last tensors.
         """
         check_augmentation(aug, padding)
@@ -230,6 +247,7 @@ class BatchAugment:
         self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
         self.train, self.aug, self.padding, self.hflip = train, aug, padding, hflip
         self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.color_jitter = check_color_jitter(color_jitter)
         self._log_ratio = torch.tensor(self.ratio).log().tolist()  # once, on the host (float32 logs, as always)
         self.channels_last = channels_last
 
@@ -258,6 +276,23 @@ class BatchAugment:
         boxes = torch.stack([torch.arange(B, device=x.device, dtype=torch.float32), x0, y0, x0 + w, y0 + h], 1)
         return roi_align(x, boxes, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
+    def _jitter(self, x: torch.Tensor, u: list) -> torch.Tensor:
+        """torchvision's brightness, contrast and saturation adjustments on [0, 255] floats, one factor each
+        per image from ``[max(0, 1 - j), 1 + j]``."""
+        lo, hi = max(0.0, 1.0 - self.color_jitter), 1.0 + self.color_jitter
+        f = [(lo + (hi - lo) * v)[:, None, None, None] for v in u]
+        weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).reshape(1, 3, 1, 1)
+
+        def gray(t):
+            return (t * weights).sum(1, keepdim=True) if t.shape[1] == 3 else t
+
+        x = (x * f[0]).clamp(0, 255)  # brightness: blend with black
+        mean = gray(x).mean((1, 2, 3), keepdim=True)
+        x = (f[1] * x + (1 - f[1]) * mean).clamp(0, 255)  # contrast: blend with the image's mean grey
+        if x.shape[1] == 3:  # saturation: blend with the pixel's grey (a grey image has none)
+            x = (f[2] * x + (1 - f[2]) * gray(x)).clamp(0, 255)
+        return x
+
     def __call__(self, images: torch.Tensor, index: torch.Tensor, seed: int = 0, epoch: int = 0) -> torch.Tensor:
         """Augment (train) and normalise a uint8 batch.
 
@@ -276,6 +311,8 @@ class BatchAugment:
                 x = self._rrc(x, u)
             if self.hflip > 0:
                 x = torch.where((u[4] < self.hflip)[:, None, None, None], x.flip(3), x)
+            if self.color_jitter > 0:
+                x = self._jitter(x, [per_image_uniform(index, seed, epoch, s) for s in (5, 6, 7)])
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode='bilinear', align_corners=False, antialias=True)
         if self.mean.device != x.device:  # moved once, not copied to the device for every batch
@@ -418,8 +455,9 @@ def choose_pipeline(data: ImageData, pipeline: str = 'auto', in_chans: int = 3) 
 def create_tensor_loaders(data: ImageData, *, data_config: dict, batch_size: int, eval_batch_size: int,
                           in_chans: int = 3, seed: int = 0, drop_last: bool = True, aug: str = 'crop_flip',
                           crop_padding: int = 4, hflip: float = 0.5, scale: tuple = (0.08, 1.0),
-                          device: Any = None, process_index: int = 0, num_processes: int = 1,
-                          channels_last: bool = False, cache: bool = True) -> tuple[TensorLoader, TensorLoader]:
+                          color_jitter: float = 0.0, device: Any = None, process_index: int = 0,
+                          num_processes: int = 1, channels_last: bool = False,
+                          cache: bool = True) -> tuple[TensorLoader, TensorLoader]:
     """Train and eval :class:`TensorLoader` s over the decoded splits.
 
     Args:
@@ -434,6 +472,7 @@ def create_tensor_loaders(data: ImageData, *, data_config: dict, batch_size: int
         crop_padding: Zero padding (pixels) of 'crop_flip'.
         hflip: Horizontal flip probability.
         scale: Area range of 'rrc'.
+        color_jitter: Colour jitter strength (0: off), see :class:`BatchAugment`.
         device: Device holding the images and making the batches.
         process_index: This process's rank.
         num_processes: Processes sharing the data.
@@ -451,7 +490,7 @@ def create_tensor_loaders(data: ImageData, *, data_config: dict, batch_size: int
     std = _fit_channels(data_config.get('std', (0.5,)), in_chans, 'std')
     common = dict(seed=seed, process_index=process_index, num_processes=num_processes, device=device)
     train_tf = BatchAugment(size, mean, std, train=True, aug=aug, padding=crop_padding, hflip=hflip, scale=scale,
-                            channels_last=channels_last)
+                            color_jitter=color_jitter, channels_last=channels_last)
     eval_tf = BatchAugment(size, mean, std, train=False, channels_last=channels_last)
     train_split = decode_split(data.train, data.image_column, data.label_column, mode, cache=cache)
     eval_split = decode_split(data.eval, data.image_column, data.label_column, mode, cache=cache)
