@@ -46,16 +46,43 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     assert max_abs_diff(weights(tmp_path / 'big'), weights(tmp_path / 'acc')) < 1e-5
 
 
+# imported by train_ff.py --import: counts the output dtypes of every conv that runs in a training step
+# (training mode, grad on) and writes them to $DTYPE_PROBE_OUT when the process ends
+DTYPE_PROBE = """
+import atexit, json, os
+import torch
+
+seen = {}
+
+
+def _record(module, args, output):
+    if isinstance(module, torch.nn.Conv2d) and module.training and torch.is_grad_enabled():
+        seen[str(output.dtype)] = seen.get(str(output.dtype), 0) + 1
+
+
+torch.nn.modules.module.register_module_forward_hook(_record)
+atexit.register(lambda: open(os.environ['DTYPE_PROBE_OUT'], 'w').write(json.dumps(seen)))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_bf16_autocast_run_on_cpu(tmp_path):
-    out = tmp_path / 'bf16'
-    proc = run_train('--model', 'dtgff_cnn_s', '--epochs', '1', '--max-train-steps', '2', '--mixed-precision', 'bf16',
-                     '--output', out)
+@pytest.mark.parametrize('precision,dtype', [('bf16', 'torch.bfloat16'), ('no', 'torch.float32')])
+def test_mixed_precision_runs_the_units_in_bf16_on_cpu(tmp_path, precision, dtype):
+    """--mixed-precision bf16: every conv of every unit computes in bf16 during the training steps (seen by a
+    forward hook), while the master weights stay fp32; without the flag the same convs compute in fp32."""
+    import json
+    (tmp_path / 'dtype_probe.py').write_text(DTYPE_PROBE)
+    out, seen = tmp_path / 'run', tmp_path / 'dtypes.json'
+    proc = run_train('--model', 'dtgff_cnn_s', '--epochs', '1', '--max-train-steps', '2', '--mixed-precision', precision,
+                     '--import', 'dtype_probe', '--output', out, PYTHONPATH=str(tmp_path), DTYPE_PROBE_OUT=str(seen))
     assert_ok(proc)
+    counts = json.loads(seen.read_text())
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in timm.create_model('dtgff_cnn_s').modules())
+    assert counts.get(dtype, 0) >= 2 * n_convs and set(counts) == {dtype}, counts  # 2 steps, every conv
     w = weights(out)
     assert all(torch.isfinite(v).all() for v in w.values())
-    assert w['units.0.head.proj.weight'].dtype == torch.float32  # master weights stay fp32
+    assert all(v.dtype == torch.float32 for v in w.values() if v.is_floating_point())  # master weights stay fp32
 
 
 @pytest.mark.parametrize('model_name', ['dtgff_cnn_s', 'ff_mlp'])
