@@ -207,6 +207,11 @@ def test_model_card_states_metrics_command_commit_and_sha256(trained_run, tmp_pa
     run_info = json.loads((trained_run / 'run_info.json').read_text())
     from timm_ff.hub.card import scrub_paths
     assert scrub_paths(run_info['command']) in card and run_info['git_commit'] in card
+    recipe_section = card.split('\n### Recipe\n', 1)[1]
+    commit = run_info['git_commit'].removesuffix('-dirty')
+    assert f'Trained at git commit `{commit}`' in recipe_section and f'git checkout {commit}' in recipe_section
+    assert f"```yaml\n# trained at git commit {run_info['git_commit']}\n" in recipe_section
+    assert 'No recipe key is known to have changed meaning' in recipe_section  # a run of today's code
     assert str(trained_run) not in card and '/tmp/' not in card  # no local paths in a published card
     assert 'import timm_ff, timm' in card
     assert "timm.create_model('hf-hub:someorg/some-model', pretrained=True)" in card
@@ -653,6 +658,48 @@ def test_release_folder_holds_the_four_cpu_checkpoints():
         assert manifest['released'][folder.name]['sha256'] == hub.sha256_file(folder / 'model.safetensors')
         card = (folder / 'README.md').read_text()
         assert '/work/' not in card and '/tmp/' not in card and '/root/' not in card  # no local paths
+
+
+def test_every_release_card_names_the_commit_that_trained_it():
+    """Each card's recipe section names the git commit its config.json records (whose code reproduces the
+    release from the recipe), in its text and atop the YAML, and the recipe keys that changed meaning since."""
+    import re
+    from timm_ff.hub.card import changed_recipe_keys
+    git = shutil.which('git') and (REPO / '.git').exists() and subprocess.run(
+        ['git', 'rev-parse', '--is-shallow-repository'], cwd=REPO, capture_output=True,
+        text=True).stdout.strip() == 'false'
+    changed = set()
+    for folder in RELEASES:
+        block = json.loads((folder / 'config.json').read_text())['timm_ff']
+        commit = block['run_info']['git_commit']
+        assert re.fullmatch('[0-9a-f]{40}', commit), (folder.name, commit)  # a clean checkout, fully recorded
+        card = (folder / 'README.md').read_text()
+        section = card.split('\n### Recipe\n', 1)[1].split('\n## ', 1)[0]
+        assert f'Trained at git commit `{commit}`: with the code of that commit' in section, folder.name
+        assert f'`train_ff.py -c hf-hub:timm-ff/{folder.name}` re-runs this recipe' in section, folder.name
+        assert f'```yaml\n# trained at git commit {commit}\n' in section, folder.name
+        notes = changed_recipe_keys(block['recipe'], block['run_info'])
+        assert all(note in section for note in notes), folder.name
+        assert notes or 'No recipe key is known to have changed meaning' in section, folder.name
+        changed |= {folder.name} if notes else set()
+        if git:  # the commit is in this repository's history
+            assert subprocess.run(['git', 'merge-base', '--is-ancestor', commit, 'HEAD'], cwd=REPO).returncode == 0
+    # trained before 12a87af, when --fusion-check-images judged on trained-on images: their recipes' 10000 now holds
+    # images out of training
+    assert changed == {'dtgff_cnn_s.cifar10', 'dtgff_mlp.mnist', 'ff_mlp.mnist'}
+
+
+def test_changed_recipe_keys_read_from_what_the_run_recorded():
+    from timm_ff.hub.card import changed_recipe_keys
+    recipe = {'fusion_check_images': 10000}
+    old = {'data_source': "local parquet folder 'x'", 'data': {'train_rows': 50000}}
+    notes = changed_recipe_keys(recipe, old)
+    assert len(notes) == 1 and notes[0].startswith('`fusion_check_images`: this run trained on all 50000 training')
+    for source in ("local parquet folder 'x' (5000 training images held out for the fusion check)",
+                   "bundled sample (too few training images to hold out one per class for the fusion check: no "
+                   "fusion check)"):
+        assert changed_recipe_keys(recipe, dict(old, data_source=source)) == []
+    assert changed_recipe_keys({'fusion_check_images': 0}, old) == [] and changed_recipe_keys(recipe, {}) == []
 
 
 def test_unpublished_tag_on_the_hub_is_one_hub_error(local_hub, tmp_path):

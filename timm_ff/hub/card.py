@@ -1,13 +1,14 @@
 """The model card (README.md) of a published timm_ff model, built from a run folder.
 
 The card follows timm's layout: YAML front matter, details, usage, metrics, training (command,
-git commit, recipe) and files (size and sha256 of the weights, which :func:`validate_model_folder`
+git commit, and the recipe with the commit whose code reproduces it and the recipe keys that changed
+meaning since) and files (size and sha256 of the weights, which :func:`validate_model_folder`
 checks against).
 """
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -138,18 +139,59 @@ def _card_details(run: Path, cfg: Dict[str, Any], recipe: Dict, run_info: Dict, 
     ])
 
 
+def changed_recipe_keys(recipe: Dict, run_info: Dict) -> List[str]:
+    """Recipe keys the run's code read differently from today's, each as a card sentence (empty: none known).
+
+    Each change is recognised from what the run recorded, so a card rebuilt later from the same run says
+    the same. Add a check here whenever a recipe key changes meaning.
+    """
+    notes = []
+    n = recipe.get('fusion_check_images')
+    source = run_info.get('data_source')
+    # since 12a87af a fusion check holds its images out of training and data_source says so (or that
+    # the split was too small to spare them); before, the check judged on the first n trained-on images
+    if isinstance(n, int) and n > 0 and isinstance(source, str) and 'fusion check' not in source:
+        rows = (run_info.get('data') or {}).get('train_rows')
+        notes.append(f'`fusion_check_images`: this run trained on all {rows or "the"} training images and its '
+                     f'fusion check judged on the first {n} of them, trained on too; since commit 12a87af those '
+                     f'images are held out of training (at most a tenth of the split), so today\'s code trains on '
+                     f'fewer images and may choose another fusion')
+    return notes
+
+
+def _recipe_section(repo_id: str, recipe: Dict, run_info: Dict, commit: str) -> str:
+    """The card's recipe: the commit whose code reproduces it, the keys that changed meaning since, the YAML."""
+    clean = commit[:-len('-dirty')] if commit.endswith('-dirty') else commit
+    if commit == 'unknown':
+        lead = ('The git commit of the code that trained this release is unknown (train_ff.py ran outside a git '
+                'checkout), so nothing pins the code that reproduces it. ')
+    else:
+        lead = (f'Trained at git commit `{clean}`' + (' with uncommitted changes (not recorded)'
+                                                      if clean != commit else '') +
+                f': with the code of that commit (`git checkout {clean}`), `train_ff.py -c hf-hub:{repo_id}` '
+                're-runs this recipe, which is stored in config.json under `timm_ff.recipe`. ')
+    notes = changed_recipe_keys(recipe, run_info)
+    changed = ('Recipe keys whose meaning changed since, so that later code does not reproduce this release '
+               'from the recipe as it stands: ' + '; '.join(notes) + '.') if notes else \
+        'No recipe key is known to have changed meaning between that commit and the code that wrote this card.'
+    return '\n'.join([
+        '### Recipe\n',
+        lead + changed + '\n',
+        f'```yaml\n# trained at git commit {commit}\n'
+        f'{scrub_paths(yaml.safe_dump(recipe, sort_keys=True).rstrip())}\n```\n',
+    ])
+
+
 def _card_training(repo_id: str, recipe: Dict, run_info: Dict, metrics: Dict) -> str:
-    """The card's "Training" section: command, git commit, versions and the full recipe."""
+    """The card's "Training" section: command, git commit, versions and the recipe section."""
     commit = run_info.get('git_commit') or metrics.get('git_commit') or 'unknown'
     return '\n'.join([
         '## Training\n',
         'Produced by this command:\n',
         f'```\n{scrub_paths(run_info.get("command", "-"))}\n```\n',
         f'at git commit `{commit}` (timm_ff {run_info.get("timm_ff_version", "?")}, '
-        f'timm {run_info.get("timm_version", "?")}, torch {run_info.get("torch_version", "?")}). '
-        'The exact recipe is stored in config.json under `timm_ff.recipe`; '
-        f'`train_ff.py -c hf-hub:{repo_id}` re-runs it:\n',
-        f'```yaml\n{scrub_paths(yaml.safe_dump(recipe, sort_keys=True).rstrip())}\n```\n',
+        f'timm {run_info.get("timm_version", "?")}, torch {run_info.get("torch_version", "?")}).\n',
+        _recipe_section(repo_id, recipe, run_info, commit),
     ])
 
 
