@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad-accum-steps', default=1, type=int, help='micro-batches per optimiser step')
     g.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help='autocast precision')
     g.add_argument('--sync-bn', action='store_true', help='synchronise BatchNorm statistics across processes (DDP)')
+    g.add_argument('--fsdp', action='store_true',
+                   help='shard every local unit with FSDP2 (fully_shard) over the processes of a data-parallel launch: '
+                        'how FSDP runs on CPU, e.g. ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 '
+                        'train_ff.py --fsdp; automatic under accelerate launch --use_fsdp --fsdp_version 2 (GPUs)')
     g.add_argument('--local-backward', default='summed', choices=['summed', 'per_unit'],
                    help='summed: one backward over all unit losses; per_unit: stream units, one backward each')
     g.add_argument('--seed', default=0, type=int, help='seed (data order, augmentation, init)')
@@ -201,6 +205,24 @@ def check_resumed_model(args, recipe_path: Path, recipe: dict) -> None:
                               f'({recipe_path}), but this command gives {flag} {_shown(key, getattr(args, key))}; '
                               f'drop {flag} (a resumed run keeps the model of its recipe) or start a new run '
                               'with another --output and no --resume')
+
+
+def check_launch(accelerator, args) -> None:
+    """Two launches that would run something other than what was asked are one error line each (before any work)."""
+    from accelerate.utils import DistributedType, parse_flag_from_env
+    from timm_ff.errors import LaunchError
+    world = int(os.environ.get('WORLD_SIZE', '1') or 1)
+    if accelerator.num_processes == 1 and world > 1:
+        raise LaunchError(f'this is one of {world} launched processes (WORLD_SIZE={world}), but Accelerate formed no '
+                          f'process group ({accelerator.distributed_type}): each would train alone into the same '
+                          'folder. Without GPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu '
+                          f'--num_processes {world} train_ff.py ... (add --fsdp to shard the units with FSDP2)')
+    if parse_flag_from_env('ACCELERATE_USE_FSDP') and accelerator.distributed_type != DistributedType.FSDP \
+            and not args.fsdp:
+        raise LaunchError(f'FSDP was asked for (accelerate launch --use_fsdp sets ACCELERATE_USE_FSDP), but Accelerate '
+                          f'runs {accelerator.distributed_type} on {accelerator.device.type}: its FSDP plugin needs GPUs. '
+                          'On CPU shard the units with FSDP2 yourself: ACCELERATE_USE_CPU=1 accelerate launch '
+                          f'--multi_gpu --num_processes {max(world, 2)} train_ff.py --fsdp ...')
 
 
 def check_resumed_classes(resume: str, num_classes: int) -> None:
@@ -373,6 +395,7 @@ def main(argv=None) -> int:
         log_with=trackers[args.log_with](),
         project_dir=str(out_dir),
     )
+    check_launch(accelerator, args)
     if args.sync_bn and accelerator.num_processes < 2:
         raise ConfigError('--sync-bn synchronises BatchNorm across processes, but this run has 1 process; launch '
                           'with accelerate launch --multi_gpu --num_processes N (ACCELERATE_USE_CPU=1 on CPU) '
@@ -411,6 +434,10 @@ def main(argv=None) -> int:
     pipeline, why = choose_pipeline(data, args.data_pipeline, in_chans)
     accelerator.print(f'data path: {why}')
     if args.pipeline_stages:
+        from timm_ff.fsdp import fsdp_requested
+        if fsdp_requested(accelerator, force=args.fsdp) is not None:
+            raise ConfigError('--pipeline-stages puts whole units on different processes, FSDP shards every unit over '
+                              'all of them: use one or the other (drop --fsdp / --use_fsdp, or --pipeline-stages)')
         from timm_ff.pipeline import check_pipeline
         check_pipeline(stages=args.pipeline_stages, num_processes=accelerator.num_processes,
                        num_units=len(model.local_units()), objective=objective, grad_accum_steps=args.grad_accum_steps,
@@ -495,13 +522,17 @@ def main(argv=None) -> int:
         accelerator.print('pipeline: ' + ', '.join(f'stage {g} units {a}-{b - 1}' for g, (a, b) in enumerate(trainer.split))
                           + f' (window {args.pipeline_window})')
     else:
-        trainer = LocalTrainer(**common, scheduler=scheduler)
+        trainer = LocalTrainer(**common, scheduler=scheduler, fsdp=args.fsdp)
     metrics = trainer.fit(resume=args.resume or None)
     accelerator.wait_for_everyone()
     push_error = ''
+    from timm_ff.hub.save import full_state_dict, is_sharded
+    # FSDP shards are gathered with every process taking part; only the main process writes the folder
+    state_dict = full_state_dict(model) if accelerator.is_main_process or is_sharded(model) else None
     if accelerator.is_main_process:
-        save_model_folder(model, out_dir, extra_config={'timm_ff': dict(recipe=recipe, run_info=run_info,
-                                                                        metrics={k: v for k, v in metrics.items() if k != 'history'})})
+        save_model_folder(model, out_dir, state=state_dict,
+                          extra_config={'timm_ff': dict(recipe=recipe, run_info=run_info,
+                                                        metrics={k: v for k, v in metrics.items() if k != 'history'})})
         metrics.update(model=args.model, objective=args.objective, dataset=args.dataset, data_source=data.source,
                        seed=args.seed, git_commit=run_info['git_commit'])
         write_json_atomic(out_dir / 'metrics.json', metrics)  # written last: its presence marks a finished run
@@ -537,7 +568,7 @@ def _push(out_dir: Path, args: argparse.Namespace) -> str:
 
 def cli(argv=None) -> int:
     """Run :func:`main`; a user-input error becomes one ``error: ...`` line on stderr and exit code 2."""
-    from timm_ff.errors import TimmFFError
+    from timm_ff.errors import LaunchError, TimmFFError
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -546,7 +577,8 @@ def cli(argv=None) -> int:
         print(f'error: a --*-kwargs value is not valid JSON: {e}', file=sys.stderr)
         return 2
     except TimmFFError as e:
-        print(f'error: {e}', file=sys.stderr)
+        if not (isinstance(e, LaunchError) and os.environ.get('RANK', '0') != '0'):  # the same on every process
+            print(f'error: {e}', file=sys.stderr)
         return 2
 
 

@@ -4,7 +4,7 @@ Every error derives from :class:`TimmFFError` so the CLI can print one clear lin
 traceback. Each subclass also derives from the builtin a caller would naturally catch.
 """
 
-__all__ = ['TimmFFError', 'ConfigError', 'DataError', 'CheckpointError', 'HubError', 'TrainingError', 'unknown_choice']
+__all__ = ['TimmFFError', 'ConfigError', 'LaunchError', 'DataError', 'CheckpointError', 'HubError', 'TrainingError', 'unknown_choice']
 
 
 class TimmFFError(Exception):
@@ -13,6 +13,13 @@ class TimmFFError(Exception):
 
 class ConfigError(TimmFFError, ValueError):
     """An unknown name, kwarg or value in a model, objective or recipe."""
+
+
+class LaunchError(ConfigError):
+    """A launch that would run something other than what was asked (no process group, FSDP not running).
+
+    Every launched process raises it alike, so the CLI prints it from the first process only.
+    """
 
 
 class DataError(TimmFFError, ValueError):

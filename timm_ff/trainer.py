@@ -1,7 +1,8 @@
 """The Accelerate training loop for layer-local (and end-to-end baseline) training.
 
 No FF maths lives here: :class:`timm_ff.task.LocalTask` runs the units under the objective. This
-module prepares each unit as its own module (so DDP/FSDP synchronise every backward), steps timm's
+module prepares each unit as its own module (so DDP synchronises every backward; under FSDP each unit is its
+own ``fully_shard`` group, see :mod:`timm_ff.fsdp`), steps timm's
 optimiser and scheduler, clips gradients per unit, evaluates per-unit and fused accuracy with
 ``gather_for_metrics``, logs through Accelerate trackers and checkpoints with ``save_state``.
 """
@@ -21,7 +22,9 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from tqdm.auto import tqdm
 
 from .data import set_augmentation_epoch
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
+from .fsdp import (FSDP_DIR, fsdp_requested, gathered, load_sharded_state, local_state_bytes, save_sharded_state,
+                   shard_local_units, sync_buffers)
 from .task import LocalTask, check_micro_batch_size
 from .data.tensor import TensorLoader
 
@@ -217,6 +220,7 @@ class LocalTrainer:
             fusion_check_loader=None,
             micro_batches: Optional[Dict[int, int]] = None,
             eval_every: int = 1,
+            fsdp: bool = False,
     ):
         """
         Args:
@@ -246,6 +250,9 @@ class LocalTrainer:
                 :class:`~timm_ff.task.LocalTask`; ``per_unit`` mode).
             eval_every: Evaluate after every N-th epoch and after the last (classic FF scores every
                 label, so an eval can cost more than an epoch of training).
+            fsdp: Shard every unit with FSDP2 (:mod:`timm_ff.fsdp`) although Accelerate runs plain data
+                parallel (how FSDP runs on CPU processes); under ``accelerate launch --use_fsdp`` the
+                trainer shards without it.
         """
         self._set_run_options(accelerator, model, objective, epochs=epochs, output_dir=output_dir, clip_grad=clip_grad,
                               checkpoint_steps=checkpoint_steps, keep_checkpoints=keep_checkpoints,
@@ -259,12 +266,25 @@ class LocalTrainer:
         modules = units + ([fusion] if fusion is not None else [])
         # the batch-tensor loaders shard themselves (Accelerate would wrap only DataLoaders)
         loaders = [ld for ld in (train_loader, eval_loader) if not isinstance(ld, TensorLoader)]
-        prepared = list(accelerator.prepare(*modules, optimizer, *loaders))
-        n = len(modules)
-        self.train_modules = prepared[:n]
+        self.fsdp = fsdp_requested(accelerator, force=fsdp)
+        if self.fsdp is not None:  # each unit its own fully_shard group; Accelerate prepares only the loaders
+            from accelerate.optimizer import AcceleratedOptimizer
+            if accelerator.mixed_precision == 'fp16':
+                raise ConfigError("FSDP supports --mixed-precision no or bf16, not 'fp16' (its loss scaler does not "
+                                  'unscale sharded gradients)')
+            sharded = shard_local_units(model, optimizer, accelerator.device, accelerator.num_processes, **self.fsdp)
+            accelerator.print(f"fsdp: {len(units)} units{' and the fusion' if len(sharded) > len(units) else ''} "
+                              f'sharded over {accelerator.num_processes} processes (FSDP2 fully_shard, one group each)')
+            self.train_modules = modules
+            self.optimizer = AcceleratedOptimizer(optimizer, device_placement=False)  # steps at sync boundaries
+            rest = iter([accelerator.prepare(ld) for ld in loaders])
+        else:
+            prepared = list(accelerator.prepare(*modules, optimizer, *loaders))
+            n = len(modules)
+            self.train_modules = prepared[:n]
+            self.optimizer = prepared[n]
+            rest = iter(prepared[n + 1:])
         self.units = self.train_modules[:len(units)]
-        self.optimizer = prepared[n]
-        rest = iter(prepared[n + 1:])
         self.train_loader, self.eval_loader = (ld if isinstance(ld, TensorLoader) else next(rest)
                                                for ld in (train_loader, eval_loader))
         self.fusion_check_loader = fusion_check_loader
@@ -300,6 +320,7 @@ class LocalTrainer:
         self.state = TrainState()
         self.rng_rank = accelerator.process_index  # whose data shard a step's random draws belong to
         self.first_unit = 0  # index of the first unit this process trains (a pipeline stage's first)
+        self.fsdp: Optional[Dict] = None  # fully_shard settings when the units are FSDP2-sharded
         self._last_finite: Optional[torch.Tensor] = None  # (L,) last finite losses, on the device
         self._pending: List = []  # the current optimiser step's micro-step losses
 
@@ -314,6 +335,8 @@ class LocalTrainer:
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp), safe_serialization=True)
+        if self.fsdp is not None:
+            save_sharded_state(self.model, self.optimizer, tmp)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             write_json_atomic(tmp / _STATE_FILE, self.state.state_dict())  # marks the checkpoint complete
@@ -326,8 +349,16 @@ class LocalTrainer:
 
     def load_checkpoint(self, path: str):
         ckpt = find_checkpoint(path)
+        if self.fsdp is None and (ckpt / FSDP_DIR).is_dir():
+            raise CheckpointError(f'{ckpt} was written by an FSDP run (it holds {FSDP_DIR}/ shards); resume it under '
+                                  'FSDP with as many processes (accelerate launch --use_fsdp --fsdp_version 2, or on '
+                                  'CPU ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ... train_ff.py --fsdp)')
         try:
             self.acc.load_state(str(ckpt))
+            if self.fsdp is not None:
+                load_sharded_state(self.model, self.optimizer, ckpt)
+        except CheckpointError:
+            raise
         except Exception as e:  # accelerate raises several types for missing/corrupt files
             raise CheckpointError(f'could not load checkpoint {str(ckpt)!r}: {e}') from e
         self.acc.print(f'resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.global_step})')
@@ -398,7 +429,9 @@ class LocalTrainer:
         micro-steps. Returns the micro-step's :class:`~timm_ff.task.StepResult` (device tensors).
         """
         host = None
-        with self.acc.accumulate(*self.train_modules), self._step_rng(epoch):
+        if self.fsdp is not None:  # buffers are not sharded: every process uses process 0's, as under DDP
+            sync_buffers(self.train_modules)
+        with self.acc.accumulate(*(() if self.fsdp is not None else self.train_modules)), self._step_rng(epoch):
             result = self.task.step(x, y, self.acc.backward, self.acc.autocast)
             self._pending.append(result.losses())
             if self.acc.sync_gradients:
@@ -486,7 +519,8 @@ class LocalTrainer:
         fusion = self.model.fusion
         keep = labels >= 0  # the tensor loader pads its last batch with label -1 rows
         units = fusion.fused_units
-        candidates, weights = fusion_candidates(fusion, labels.device)
+        with gathered(fusion):
+            candidates, weights = fusion_candidates(fusion, labels.device)
         hits = torch.stack([(fusion.combine(logits, w).argmax(1) == labels) & keep for w in weights])
         n = keep.sum().float()
         values = torch.cat([hits.sum(1).float() / n.clamp_min(1) * 100, n[None]]).tolist()  # one read
@@ -513,8 +547,11 @@ class LocalTrainer:
         """
         self.model.eval()
         counts = AccuracyCounts()
-        names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
-            if count_candidates and self._fusion_checked() else ({}, ())
+        if self.fsdp is not None:
+            sync_buffers(self.train_modules)  # every process scores with process 0's statistics (the saved ones)
+        with gathered(self.model.fusion):
+            names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
+                if count_candidates and self._fusion_checked() else ({}, ())
         for x, y in (self.eval_loader if loader is None else loader):  # no host read until the end
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
@@ -567,7 +604,10 @@ class LocalTrainer:
         if fusion_check is not None and fusion_check['chosen'] != 'as trained':
             chosen = self._eval_candidates.get(fusion_check['chosen'])  # counted by the last eval, same weights
             final = dict(final, **self.evaluate()) if chosen is None else dict(final, accuracy=chosen)
+        held = local_state_bytes(self.model, self.optimizer)  # this process's parameters and optimizer state
+        held = self.acc.gather(torch.tensor([[held['param_bytes'], held['optimizer_bytes']]], device=self.acc.device))
         return dict(
+            param_bytes_per_process=held[:, 0].tolist(), optimizer_bytes_per_process=held[:, 1].tolist(),
             accuracy=final['accuracy'], unit_accuracy=final['unit_accuracy'], epochs_run=epochs_run,
             fusion_check=fusion_check,
             global_step=self.state.global_step, train_images_per_s=train_images / train_time if train_time else None,
