@@ -649,15 +649,19 @@ RELEASES = sorted(p for p in (REPO / 'release').glob('*.*') if p.is_dir())
 RELEASE_ORG = 'releaseorg'
 
 
-def test_release_folder_holds_the_four_cpu_checkpoints():
+def test_release_folder_holds_the_cpu_checkpoints():
     names = {p.name for p in RELEASES}
-    assert {'dtgff_cnn_s.cifar10', 'ff_cnn_s.cifar10', 'dtgff_mlp.mnist', 'ff_mlp.mnist'} <= names
+    assert {'dtgff_cnn_s.cifar10', 'ff_cnn_s.cifar10', 'dtgff_mlp.mnist', 'ff_mlp.mnist', 'dtgff_resnet18.cifar10'} <= names
     manifest = json.loads((REPO / 'release' / 'release.json').read_text())
     for folder in RELEASES:
         assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
         assert manifest['released'][folder.name]['sha256'] == hub.sha256_file(folder / 'model.safetensors')
         card = (folder / 'README.md').read_text()
         assert '/work/' not in card and '/tmp/' not in card and '/root/' not in card  # no local paths
+    # the ResNet-18 release is stored in float16 (half the file) and its card says so, with the accuracy cost measured
+    stored = load_file(str(REPO / 'release' / 'dtgff_resnet18.cifar10' / 'model.safetensors'))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert 'the weights are stored in float16' in (REPO / 'release' / 'dtgff_resnet18.cifar10' / 'README.md').read_text()
 
 
 def test_every_release_card_names_the_commit_that_trained_it():
