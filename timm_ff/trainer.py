@@ -549,9 +549,10 @@ class LocalTrainer:
         counts = AccuracyCounts()
         if self.fsdp is not None:
             sync_buffers(self.train_modules)  # every process scores with process 0's statistics (the saved ones)
-        with gathered(self.model.fusion):
-            names, weights = fusion_candidates(self.model.fusion, self.acc.device) \
-                if count_candidates and self._fusion_checked() else ({}, ())
+        names, weights = {}, ()
+        if count_candidates and self._fusion_checked():
+            with gathered(self.model.fusion):  # under FSDP the fusion weights are read outside its forward
+                names, weights = fusion_candidates(self.model.fusion, self.acc.device)
         for x, y in (self.eval_loader if loader is None else loader):  # no host read until the end
             with self.acc.autocast():
                 unit_logits = self.model.forward_unit_logits(x)
