@@ -224,3 +224,24 @@ def test_fusion_check_breaks_a_tie_between_units_for_the_deepest(tmp_path):
     check = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n), y), batch_size=16)
     info = _trainer(tmp_path, model, clip=None, fusion_check_loader=check).check_fusion()
     assert info['chosen'] == 'unit 3' and model.fusion.unit_mask.tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_fusion_check_line_names_the_unit_it_uses_on_a_tie(tmp_path, capsys):
+    # units 1 and 2 tie as the best (right on 30 of 40 images); units 0 and 3 are always wrong and outweigh
+    # them in every combination, so the check keeps the deepest of the tied units and its line must name it
+    n, y = 40, torch.zeros(40, dtype=torch.long)
+    logits = [torch.zeros(n, 10) for _ in range(4)]
+    for u in (1, 2):
+        logits[u][:30, 0], logits[u][30:, 5] = 1.0, 1.0
+    for u in (0, 3):
+        logits[u][:, 5] = 5.0
+    model = timm.create_model('dtgff_cnn_s')
+    model.forward_unit_logits = lambda idx: [z[idx] for z in logits]
+    check = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n), y), batch_size=16)
+    trainer = _trainer(tmp_path, model, clip=None, fusion_check_loader=check)
+    capsys.readouterr()
+    info = trainer.check_fusion()
+    assert info['accuracy']['unit 1'] == info['accuracy']['unit 2'] == pytest.approx(75.0)
+    assert info['chosen'] == 'unit 2' and model.fusion.unit_mask.tolist() == [0.0, 0.0, 1.0, 0.0]
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('fusion check'))
+    assert line.endswith('best unit 2 75.00% -> using unit 2 (75.00%)'), line

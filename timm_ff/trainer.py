@@ -533,8 +533,7 @@ class LocalTrainer:
         if candidates[best] is not None:
             fusion.select_units(candidates[best])
         self.acc.print(f"fusion check on {n_images} training images: as trained {scores['as trained']:.2f}%, "
-                       f"best unit {max(units, key=lambda u: scores[f'unit {u}'])} "
-                       f"{max(scores[f'unit {u}'] for u in units):.2f}% -> using {best} ({scores[best]:.2f}%)")
+                       f"best {single} {scores[single]:.2f}% -> using {best} ({scores[best]:.2f}%)")
         return dict(images=n_images, accuracy=scores, chosen=best)
 
     @torch.no_grad()
