@@ -73,6 +73,7 @@ def main():
             results[case['name']] = dict(losses=merged, held=[p['held'] for p in everything],
                                          history=[dict(accuracy=h['accuracy'], unit_accuracy=h['unit_accuracy'])
                                                   for h in metrics['history']],
+                                         epoch_loss=[h['train_loss'] for h in metrics['history']],
                                          accuracy=metrics['accuracy'], fusion_check=metrics['fusion_check'],
                                          global_step=metrics['global_step'], pipeline=metrics['pipeline'])
     if acc.is_main_process:

@@ -90,6 +90,14 @@ def test_pipeline_equals_the_sequential_loop_bit_for_bit(pipelined, references, 
     assert got['history'] == [dict(accuracy=h['accuracy'], unit_accuracy=h['unit_accuracy'])
                               for h in ref['metrics']['history']]
     assert (got['fusion_check'] or {}).get('accuracy') == (ref['metrics']['fusion_check'] or {}).get('accuracy')
+    # each epoch's loss is the mean over the epoch's steps (those run since a resume) of the step's total loss
+    per_epoch = [[] for _ in range(EPOCHS)]
+    for s in sorted({int(key.split(':')[0]) for key in got['losses']}):
+        per_epoch[(s - 1) // (steps // EPOCHS)].append(sum(v for k, v in got['losses'].items()
+                                                            if int(k.split(':')[0]) == s))
+    assert got['epoch_loss'] == pytest.approx([sum(t) / len(t) for t in per_epoch], rel=1e-5)
+    if not case.get('resume_at'):  # the one-process loop's too
+        assert [h['train_loss'] for h in ref['metrics']['history']] == pytest.approx(got['epoch_loss'], rel=1e-5)
 
 
 @pytest.mark.timeout(900)

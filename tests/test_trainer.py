@@ -245,3 +245,22 @@ def test_fusion_check_line_names_the_unit_it_uses_on_a_tie(tmp_path, capsys):
     assert info['chosen'] == 'unit 2' and model.fusion.unit_mask.tolist() == [0.0, 0.0, 1.0, 0.0]
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('fusion check'))
     assert line.endswith('best unit 2 75.00% -> using unit 2 (75.00%)'), line
+
+
+def test_epoch_loss_is_the_mean_of_the_epochs_steps_not_the_last(tmp_path):
+    model = timm.create_model('dtgff_cnn_s')
+    trainer = _trainer(tmp_path, model, clip=None)
+    step_losses, logged, step, log = [], [], trainer._train_step, trainer.acc.log
+
+    def recorded_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        step_losses.append(result.read().loss)
+        return result
+    trainer._train_step = recorded_step
+    trainer.acc.log = lambda values, **kw: logged.append(values) or log(values, **kw)
+    result = trainer.fit()
+    assert len(step_losses) == 2 and step_losses[0] != pytest.approx(step_losses[1], rel=1e-3)
+    mean = sum(step_losses) / len(step_losses)
+    epoch_loss = [v['train/epoch_loss'] for v in logged if 'train/epoch_loss' in v]
+    assert epoch_loss == [pytest.approx(mean, rel=1e-6)]
+    assert result['history'][0]['train_loss'] == epoch_loss[0]

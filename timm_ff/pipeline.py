@@ -436,7 +436,7 @@ class PipelineTrainer(LocalTrainer):
             it = iter(self.train_loader.skip_first_batches(self.state.step_in_epoch))
         bar = tqdm(total=len(self.train_loader), initial=self.state.step_in_epoch, desc=f'epoch {epoch}',
                    disable=not (self.progress and self.first), leave=False)
-        t0, seen, last = time.perf_counter(), 0, None
+        t0, seen, done, loss_sum = time.perf_counter(), 0, 0, None
         for _ in range(steps):
             t_step = time.perf_counter()
             wait0 = self._waited()
@@ -465,7 +465,8 @@ class PipelineTrainer(LocalTrainer):
                 self.scheduler.step_update(num_updates=self.state.global_step)
             if host is not None:
                 self._log_losses(host[0], len(result.unit_losses))
-            last = result
+            loss_sum = result.loss if loss_sum is None else loss_sum + result.loss
+            done += 1
             self.stats['busy_s'] += time.perf_counter() - t_step - (self._waited() - wait0)
             self.stats['steps'] += 1
             if self.checkpoint_steps and self.state.global_step % self.checkpoint_steps == 0:
@@ -477,8 +478,9 @@ class PipelineTrainer(LocalTrainer):
         self.stats['wall_s'] += dt
         if self.scheduler is not None and self.state.step_in_epoch >= len(self.train_loader):
             self.scheduler.step(epoch + 1)
-        total = (last.loss if last is not None else torch.zeros((), device=self.acc.device)).detach().float().clone()
-        _peer_op(dist.all_reduce, total)  # the whole network's loss: every stage's share
+        # this stage's mean loss over the epoch's steps; summed over the stages: the whole network's
+        total = loss_sum / done if done else torch.zeros((), device=self.acc.device)
+        _peer_op(dist.all_reduce, total)
         return dict(train_time_s=dt, train_images=seen, train_loss=total.item())
 
     def _waited(self) -> float:

@@ -462,6 +462,12 @@ class LocalTrainer:
         return result
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
+        """Train one epoch (from ``state.step_in_epoch`` when resumed mid-epoch).
+
+        Returns:
+            ``train_time_s``, ``train_images`` and ``train_loss``: the mean total loss of this process's
+            micro-steps in the epoch (those run since a resume), summed on the device and read once at the end.
+        """
         self.model.train()
         set_augmentation_epoch(self.augment_source, epoch)
         self.train_loader.set_epoch(epoch)
@@ -472,10 +478,12 @@ class LocalTrainer:
                 self.acc.skip_first_batches(self.train_loader, self.state.step_in_epoch)
         bar = tqdm(total=len(self.train_loader), initial=self.state.step_in_epoch, desc=f'epoch {epoch}',
                    disable=not (self.progress and self.acc.is_local_main_process), leave=False)
-        seen, t0, last = 0, time.perf_counter(), None
+        seen, t0, steps, loss_sum = 0, time.perf_counter(), 0, None
         self._pending = []
         for x, y in loader:
-            last = self._train_step(x, y, epoch, bar)
+            loss = self._train_step(x, y, epoch, bar).loss
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            steps += 1
             seen += x.shape[0] * self.acc.num_processes
             if self.acc.sync_gradients and self._done():
                 break
@@ -483,7 +491,8 @@ class LocalTrainer:
         dt = time.perf_counter() - t0
         if self.scheduler is not None and self.state.step_in_epoch >= len(self.train_loader):
             self.scheduler.step(epoch + 1)
-        return dict(train_time_s=dt, train_images=seen, train_loss=last.loss.item() if last else float('nan'))
+        return dict(train_time_s=dt, train_images=seen,
+                    train_loss=loss_sum.item() / steps if steps else float('nan'))
 
     @torch.no_grad()
     def check_fusion(self) -> Optional[Dict]:
