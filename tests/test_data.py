@@ -183,6 +183,36 @@ def test_imagefolder_layout(tmp_path, sample):
     assert data.train[0]['image'].size == (32, 32)
 
 
+
+def test_class_folder_layout_is_one_train_split(tmp_path):
+    """torchvision's ImageFolder layout <dir>/<class>/*.png loads as a train split; the eval split is held out."""
+    from PIL import Image
+    colours = {'cat': (255, 0, 0), 'dog': (0, 0, 255)}
+    for name, colour in colours.items():
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.new('RGB', (8, 8), colour).save(tmp_path / name / f'{i}.png')
+    with pytest.raises(DataError, match=r"no eval split in local image folder .*splits found: train;.*--holdout"):
+        load_image_datasets(data_dir=str(tmp_path))
+    data = load_image_datasets(data_dir=str(tmp_path), holdout=0.5)
+    assert (data.image_column, data.label_column, data.class_names) == ('image', 'label', ['cat', 'dog'])
+    assert (len(data.train), len(data.eval)) == (6, 6)
+    assert sorted(data.eval['label']) == [0, 0, 0, 1, 1, 1]  # stratified
+    for split in (data.train, data.eval):
+        for ex in split:
+            assert ex['image'].getpixel((0, 0)) == colours[data.class_names[ex['label']]]
+
+
+def test_split_folders_without_class_folders_are_one_clear_error(tmp_path):
+    from PIL import Image
+    for split in ('train', 'test'):
+        (tmp_path / split).mkdir()
+        Image.new('RGB', (8, 8)).save(tmp_path / split / '0.png')
+    with pytest.raises(DataError, match=r"holds images directly in split folders \(test, train\) with no class "
+                                        r"folders inside; expected .*<dir>/<split>/<class>/\*\.png"):
+        load_image_datasets(data_dir=str(tmp_path))
+
+
 def test_loaders_shapes_and_dtypes(parquet_dir):
     data = load_image_datasets(data_dir=str(parquet_dir))
     train, evals = create_loaders(data, data_config=CIFAR_CONFIG, batch_size=16, eval_batch_size=8)

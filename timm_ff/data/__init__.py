@@ -2,8 +2,9 @@
 
 Datasets come from the Hugging Face Hub (``load_dataset(hub_id)``) or from a local folder holding either
 HF parquet files (``<split>-NNNNN-of-NNNNN.parquet``) or an image-folder layout
-(``<split>/<class>/*.png``). When the Hub cannot be reached and CIFAR-10 was asked for, a small real
-CIFAR-10 sample bundled with the package is used instead, and :attr:`ImageData.source` says so.
+(``<split>/<class>/*.png``, or ``<class>/*.png`` as one train split). When the Hub cannot be reached
+and CIFAR-10 was asked for, a small real CIFAR-10 sample bundled with the package is used instead, and
+:attr:`ImageData.source` says so.
 Two data paths (``choose_pipeline``): small fixed-size images are decoded once into uint8 tensors
 and augmented per batch (:mod:`timm_ff.data.tensor`); large or variable-size images go through
 timm transforms (``timm.data.create_transform``) per image in a ``DataLoader``. Both follow the

@@ -1,12 +1,12 @@
 """Where the images come from: a local parquet or image folder, the Hugging Face Hub, or a bundled sample.
 
 :func:`load_image_datasets` is the entry point. A local folder (``data_dir``) holds either HF parquet
-files (``<split>-NNNNN-of-NNNNN.parquet``) or an image-folder layout (``<split>/<class>/*.png``);
-every parquet file's footer is checked first, so a truncated or corrupt file is named in one
-:class:`~timm_ff.errors.DataError`. A registered name loads from the Hub (or its cache); when the Hub
-cannot be reached (:func:`timm_ff._offline.hub_unavailable`) and CIFAR-10 was asked for, the real
-CIFAR-10 sample bundled with the package (:data:`SAMPLE_DIR`) stands in, and
-:attr:`ImageData.source` says so.
+files (``<split>-NNNNN-of-NNNNN.parquet``) or an image-folder layout (``<split>/<class>/*.png``, or
+torchvision's ``<class>/*.png``, read as one ``train`` split); every parquet file's footer is checked
+first, so a truncated or corrupt file is named in one :class:`~timm_ff.errors.DataError`. A
+registered name loads from the Hub (or its cache); when the Hub cannot be reached
+(:func:`timm_ff._offline.hub_unavailable`) and CIFAR-10 was asked for, the real CIFAR-10 sample
+bundled with the package (:data:`SAMPLE_DIR`) stands in, and :attr:`ImageData.source` says so.
 """
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ _IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
 _PARQUET_RE = re.compile(r'^(?P<split>\w+?)(?:-\d{5}-of-\d{5}(?:-[0-9a-f]+)?)?\.parquet$')
 _PARQUET_ERRORS = (pa.ArrowException, OSError)
 _LAYOUTS = ('a parquet folder (<dir>/<split>-00000-of-00001.parquet, <dir>/<split>.parquet or '
-            '<dir>/data/<split>-*.parquet) or an image folder (<dir>/<split>/<class>/*.png|jpg|jpeg)')
+            '<dir>/data/<split>-*.parquet) or an image folder (<dir>/<split>/<class>/*.png|jpg|jpeg, or '
+            '<dir>/<class>/*.png|jpg|jpeg as one train split)')
+_SPLIT_NAMES = frozenset({'train', 'training', 'test', 'testing', 'validation', 'valid', 'val', 'dev', 'eval',
+                          'evaluation'})
 
 
 def _parquet_files(root: Path) -> dict[str, list[str]]:
@@ -69,6 +72,17 @@ def _imagefolder_files(root: Path) -> dict[str, list[str]]:
         if files:
             groups[split_dir.name] = files
     return groups
+
+
+def _class_folder_files(root: Path) -> dict[str, list[str]]:
+    """Collect ``<class>/<image>`` files in ``root`` (torchvision's ImageFolder layout) as one ``train`` split."""
+    folders = {p.name: [str(f) for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in _IMAGE_EXTS]
+               for p in sorted(root.iterdir()) if p.is_dir()}
+    folders = {name: files for name, files in folders.items() if files}
+    if folders and set(folders) <= _SPLIT_NAMES:
+        raise DataError(f"data dir {str(root)!r} holds images directly in split folders ({', '.join(folders)}) "
+                        f"with no class folders inside; expected {_LAYOUTS}")
+    return {'train': [f for files in folders.values() for f in files]} if folders else {}
 
 
 def _unreadable_parquet(path: str, err: Exception) -> DataError:
@@ -115,6 +129,9 @@ def _load_local(data_dir: str) -> tuple[datasets.DatasetDict, str]:
         return dd, f'local parquet folder {str(root)!r}'
     images = _imagefolder_files(root)
     if images:
+        return load_dataset('imagefolder', data_files=images), f'local image folder {str(root)!r}'
+    images = _class_folder_files(root)
+    if images:  # the class folders' names are the labels, as in the <split>/<class> layout
         return load_dataset('imagefolder', data_files=images), f'local image folder {str(root)!r}'
     raise DataError(f"data dir {data_dir!r} has no recognisable layout; expected {_LAYOUTS}")
 
