@@ -190,7 +190,8 @@ def test_model_features_only(model_name):
 # every DTG-FF switch (FF_KWARGS) and each of its values, on the two small DTG-FF models
 SWITCHES = [(k, v) for k, vals in _CHOICES.items() for v in vals] + [
     ('label_embed', True), ('label_plane_size', 16), ('decoupled', False), ('goodness_groups', 4), ('goodness_patches', 3),
-    ('fuse_last', 2), ('t_min', 0.25), ('t_max', 8.0), ('t_init', 2.0), ('t_momentum', 0.0)]
+    ('fuse_last', 2), ('t_min', 0.25), ('t_max', 8.0), ('t_init', 2.0), ('t_momentum', 0.0)] + [
+    ('head', h) for h in timm_ff.layers.HEADS[1:]] + [('head_kwargs', {}), ('head_img_size', 64)]
 
 
 def test_switches_cover_ff_kwargs():
@@ -202,7 +203,8 @@ def test_switches_cover_ff_kwargs():
 @pytest.mark.parametrize('model_name', ['dtgff_cnn_s', 'dtgff_mlp'])
 def test_ff_switch(model_name, key, value):
     """Each switch builds, trains one LocalTask step with finite loss, predicts, and is recorded."""
-    if model_name in NON_SPATIAL and key == 'goodness' and value != 'channel':
+    if model_name in NON_SPATIAL and ((key == 'goodness' and value != 'channel') or
+                                      (key == 'head' and value not in ('goodness', 'linear'))):
         with pytest.raises(ConfigError, match='non-spatial'):
             timm.create_model(model_name, **{key: value})
         return

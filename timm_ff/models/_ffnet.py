@@ -27,16 +27,20 @@ from timm.models._features import feature_take_indices
 from ..errors import ConfigError, unknown_choice
 from ..layers import (
     FUSION_MODES, GOODNESS_MODES, GOODNESS_REDUCE, HEAD_NORMS, HEAD_PROJ, TEMPERATURES, UNIT_NORMS, list_goodness,
-    GoodnessHead, LogitFusion, create_temperature, create_unit_norm,
+    ClassHead, GoodnessHead, LogitFusion, check_head, create_head_trunk, create_temperature, create_unit_norm,
 )
 
-__all__ = ['FF_DEFAULTS', 'FF_CONV_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS', 'build_ffnet']
+__all__ = ['FF_DEFAULTS', 'FF_CONV_DEFAULTS', 'DTGFF_DEFAULTS', 'LocalUnit', 'FFNet', 'FF_KWARGS', 'build_ffnet',
+           'head_defaults']
 
 OUTPUT_FMTS = ('NCHW',)  # forward_intermediates formats (MLP units are (B, C) whatever the format)
 
 # The DTG-FF parts, each switchable by one model kwarg. These change what forward() computes,
 # so they are model kwargs (saved in config.json) rather than objective or recipe settings.
 FF_KWARGS = dict(
+    head='goodness',  # each unit's class head: 'goodness' (energies -> linear map) or a registered head (layers.heads)
+    head_kwargs={},  # keyword arguments of a registered head (e.g. {'mlp_width': 512} for 'dgl')
+    head_img_size=None,  # input side the heads are built for (None: the pretrained tag's; only non-goodness heads use it)
     norm='batchnorm',  # norm inside units: 'batchnorm' or 'none' (classic FF: BN would fix each pass's energy)
     label_embed=False,  # classic FF: the label is embedded at the input and labels are scored
     label_code='bias',  # classic FF label code: 'bias' (a learned per-class vector before the stem's ReLU) or 'plane'
@@ -160,9 +164,10 @@ class LocalUnit(nn.Module):
         self.label_embed = label_embed
         self.body = body
         self.head = head
+        self.decoder: Optional[nn.Module] = None  # training-only (timm_ff.objectives.recon), never saved
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, with_logits: bool = False,
-                goodness_vector: bool = False):
+                goodness_vector: bool = False, reconstruct: Optional[Sequence[int]] = None):
         """Raw activation of this unit; with ``with_logits`` also the head output.
 
         Args:
@@ -172,6 +177,8 @@ class LocalUnit(nn.Module):
             with_logits: Also return the head's output (tempered (B, K) logits, or scalar goodness).
             goodness_vector: With ``with_logits``, return the head's (B, G) goodness vector instead
                 (one energy per cell / channel group, before it is reduced or mapped to logits).
+            reconstruct: With ``with_logits``, also return the decoder's (B, C, H, W) reconstruction logits of
+                the input image at this (H, W) size, read from this unit's output (a training-only decoder).
         """
         x = self.in_norm(x)
         if labels is None or (self.label_embed is None and self.stem is None):
@@ -187,7 +194,12 @@ class LocalUnit(nn.Module):
         # a body may hand on one tensor and read its goodness from another (a ResNet block's branch)
         h, tap = h if isinstance(h, tuple) else (h, h)
         if with_logits:
-            return h, self.head.goodness(tap) if goodness_vector else self.head(tap)
+            out = self.head.goodness(tap) if goodness_vector else self.head(tap)
+            if reconstruct is not None:
+                if self.decoder is None:
+                    raise ConfigError('reconstruct= needs a decoder on this unit; ReconObjective.prepare_model adds one')
+                return h, out, self.decoder(h, reconstruct)
+            return h, out
         return h
 
     def _stem_with_code(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -244,6 +256,13 @@ class FFNet(nn.Module):
         if cfg['label_embed'] and cfg['head_norm'] != 'none':
             raise ConfigError(f"head_norm={cfg['head_norm']!r} standardises the goodness fed to class heads, but classic FF "
                               "models (label_embed=True) score labels by their scalar goodness: use head_norm='none'")
+        if cfg['label_embed'] and cfg['head'] != 'goodness':
+            raise ConfigError(f"head={cfg['head']!r} maps a unit's activation to class logits, but classic FF models "
+                              "(label_embed=True) score labels by their scalar goodness: use head='goodness'")
+        check_head(cfg['head'], cfg['head_kwargs'], spatial)
+        side = cfg['head_img_size']
+        if side is not None and (not isinstance(side, int) or isinstance(side, bool) or side < 1):
+            raise ConfigError(f'head_img_size must be a positive integer (the input side) or None, got {side!r}')
         if cfg['label_embed'] and cfg['label_code'] == 'plane' and not (isinstance(getattr(stem, 'conv', None), nn.Conv2d) and spatial):
             raise ConfigError("label_code='plane' adds a learned label plane through the stem's first conv; this model "
                               "has no conv stem (an MLP): use label_code='bias'")
@@ -258,6 +277,8 @@ class FFNet(nn.Module):
                               f'integers (one grid side per unit), got {patches!r}')
         self.ff_cfg = cfg
         self._unit_patches = per_unit
+        img_size = cfg['head_img_size'] or 32
+        self._feat_sides = [-(-img_size // r) for r in reductions] if spatial else [None] * len(bodies)
         self._stem_chs = stem_chs
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -270,7 +291,7 @@ class FFNet(nn.Module):
         for u, (body, c) in enumerate(zip(bodies, chs)):
             units.append(LocalUnit(
                 body=body,
-                head=self._make_head(c, self._unit_patches[u]),
+                head=self._make_head(c, self._unit_patches[u], self._feat_sides[u]),
                 in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial) if u > 0 else None,
                 stem=stem if u == 0 else None,
                 label_embed=self._make_label_embed(stem if u == 0 else None, chs[u - 1] if u > 0 else 0),
@@ -284,7 +305,7 @@ class FFNet(nn.Module):
                              for u, (c, r) in enumerate(zip(chs, reductions))]
         self._min_size = reductions[-1] if spatial else 1
 
-    def _make_head(self, chs: int, patches: int) -> GoodnessHead:
+    def _make_head(self, chs: int, patches: int, feat_side: Optional[int] = None) -> nn.Module:
         cfg = self.ff_cfg
         temp = None
         if not self.label_embed_enabled:
@@ -292,6 +313,10 @@ class FFNet(nn.Module):
             if cfg['temperature'] == 'dynamic':
                 t_kwargs.update(t_min=cfg['t_min'], t_max=cfg['t_max'], momentum=cfg['t_momentum'])
             temp = create_temperature(cfg['temperature'], **t_kwargs)
+        coupled = None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial)
+        if cfg['head'] != 'goodness':
+            trunk = create_head_trunk(cfg['head'], chs, feat_side, **cfg['head_kwargs'])
+            return ClassHead(trunk, self.num_classes, temperature=temp, coupled_norm=coupled, norm=cfg['head_norm'])
         return GoodnessHead(
             chs,
             num_classes=0 if self.label_embed_enabled else self.num_classes,
@@ -302,7 +327,7 @@ class FFNet(nn.Module):
             proj=cfg['head_proj'],
             norm=cfg['head_norm'],
             temperature=temp,
-            coupled_norm=None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial),
+            coupled_norm=coupled,
             spatial=self.spatial,
         )
 
@@ -497,6 +522,15 @@ class FFNet(nn.Module):
         if enable:
             raise NotImplementedError('FF units are trained one at a time; use --local-backward per_unit '
                                       'to bound activation memory instead of gradient checkpointing')
+
+
+def head_defaults(kwargs: Dict, input_size: Sequence[int]) -> Dict:
+    """A registered (non-goodness) head is built for the tag's input side and, unless ``head_norm`` is given,
+    without the goodness head's batch standardisation (its own published shape)."""
+    if kwargs.get('head', 'goodness') != 'goodness':
+        kwargs.setdefault('head_img_size', int(min(input_size[-2:])))
+        kwargs.setdefault('head_norm', 'none')
+    return kwargs
 
 
 def build_ffnet(model_cls: type, variant: str, pretrained: bool, out_indices: Tuple[int, ...], **kwargs) -> nn.Module:

@@ -8,8 +8,10 @@ from typing import Optional, Tuple
 
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
-from ._ffnet import DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import (DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, head_defaults, norm_layer,
+                     sequential)
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFCNN']
@@ -66,6 +68,9 @@ class FFCNN(FFNet):
 
 
 def _create_ff_cnn(variant: str, pretrained: bool = False, defaults: Optional[dict] = None, **kwargs):
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    head_defaults(kwargs, cfg.input_size)
     for k, v in (defaults or {}).items():
         kwargs.setdefault(k, v)
     n = len(kwargs.get('channels', (0, 0, 0, 0)))

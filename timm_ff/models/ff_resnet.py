@@ -36,7 +36,8 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from ..errors import unknown_choice
-from ._ffnet import DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, norm_layer, sequential
+from ._ffnet import (DTGFF_DEFAULTS, FF_CONV_DEFAULTS, FFNet, build_ffnet, check_ff_kwargs, head_defaults, norm_layer,
+                     sequential)
 from ._hub_org import CIFAR10_CLASSES, HUB_ORG
 
 __all__ = ['FFResNet', 'DTGFF_RESNET_DEFAULTS', 'grid_sides']
@@ -186,6 +187,7 @@ def _create_ff_resnet(variant: str, pretrained: bool = False, defaults: Optional
     if 'stem' not in kwargs:
         kwargs['stem'] = 'cifar' if max(cfg.input_size[-2:]) <= 64 else 'imagenet'
     auto_grid = 'goodness_patches' not in kwargs
+    head_defaults(kwargs, cfg.input_size)
     for k, v in (defaults or {}).items():
         kwargs.setdefault(k, v)
     layers = kwargs.get('layers', (2, 2, 2, 2))
