@@ -418,6 +418,7 @@ def main(argv=None) -> int:
 
     model = build_model(args, data.num_classes, in_chans)
     objective.check_model(model)
+    objective.prepare_model(model)  # training-only modules (e.g. recon's decoders), before the optimiser
     if args.linear_probe:
         from timm_ff.probe import freeze_for_linear_probe
         trainable = freeze_for_linear_probe(model)

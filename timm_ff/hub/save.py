@@ -1,4 +1,5 @@
 """Saving a model as a timm model folder: ``model.safetensors`` + ``config.json``, written atomically."""
+import contextlib
 import json
 from pathlib import Path
 from typing import Dict, Optional
@@ -6,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from timm.models import save_for_hf
 
+from ..objectives.recon import strip_decoders
 from ._common import CONFIG_NAME, WEIGHTS_NAME, staged_files
 
 __all__ = ['full_state_dict', 'is_sharded', 'save_model_folder']
@@ -40,8 +42,8 @@ def save_model_folder(model: torch.nn.Module, out_dir: Path, extra_config: Optio
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = full_state_dict(model) if state is None else state
-    with staged_files(out_dir, '.save_', (WEIGHTS_NAME, CONFIG_NAME)) as tmp:
+    state = strip_decoders(full_state_dict(model) if state is None else state)
+    with staged_files(out_dir, '.save_', (WEIGHTS_NAME, CONFIG_NAME)) as tmp, _without_decoders(model):
         shadow = _cpu_copy(model, state)
         save_for_hf(shadow, str(tmp), model_args=dict(model.model_args), safe_serialization=True)
         if extra_config:
@@ -50,6 +52,20 @@ def save_model_folder(model: torch.nn.Module, out_dir: Path, extra_config: Optio
             cfg.update(extra_config)
             cfg_path.write_text(json.dumps(cfg, indent=2, default=str) + '\n')
     return out_dir
+
+
+@contextlib.contextmanager
+def _without_decoders(model: torch.nn.Module):
+    """The model with its training-only decoders (:mod:`timm_ff.objectives.recon`) detached while it is saved."""
+    units = [u for u in getattr(model, 'units', []) if getattr(u, 'decoder', None) is not None]
+    decoders = [u.decoder for u in units]
+    for u in units:
+        u.decoder = None
+    try:
+        yield model
+    finally:
+        for u, d in zip(units, decoders):
+            u.decoder = d
 
 
 def _cpu_copy(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -44,6 +44,10 @@ class Objective:
         if getattr(model, 'num_classes', 0) <= 0:
             raise ConfigError(f'objective {self.name!r} needs a model with num_classes > 0')
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Add what training (not inference) needs to ``model``, before the optimiser is built (a no-op here)."""
+        return model
+
     def init_state(self, x: torch.Tensor, targets: torch.Tensor, num_classes: int) -> Any:
         """The state unit 0 receives (the input batch, or a positive/negative pair)."""
         return x
@@ -80,13 +84,25 @@ def list_objectives() -> List[str]:
 
 
 def create_objective(name: str, **kwargs) -> Objective:
-    """Build an objective by name; unknown names and kwargs name the bad value and the allowed ones."""
+    """Build an objective by name; unknown names and kwargs name the bad value and the allowed ones.
+
+    ``recon=[a, b]`` adds InfoPro's reconstruction term to a head-based objective
+    (:class:`~timm_ff.objectives.recon.ReconObjective`).
+    """
     if name not in _OBJECTIVES:
         raise unknown_choice('objective', name, _OBJECTIVES)
     cls = _OBJECTIVES[name]
     import inspect
+    recon = kwargs.pop('recon', None)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != 'self']
     for k in kwargs:
         if k not in allowed:
-            raise unknown_choice(f'kwarg for objective {name!r}', k, allowed or ['(none)'])
-    return cls(**kwargs)
+            raise unknown_choice(f'kwarg for objective {name!r}', k, (allowed or []) + ['recon'])
+    objective = cls(**kwargs)
+    if recon is None:
+        return objective
+    if objective.label_embed is not False:
+        raise ConfigError(f"recon (InfoPro's reconstruction term) is for objectives with class heads; {name!r} is not "
+                          'one: use it with dtg, bp_deepsup or bp')
+    from .recon import ReconObjective
+    return ReconObjective(objective, recon)
