@@ -270,6 +270,20 @@ def check_args(args):
             raise ConfigError(f'--{key.replace("_", "-")} must be a JSON object, got {getattr(args, key)!r}')
 
 
+def check_push_target(args) -> None:
+    """What ``--push-to-hub`` needs that is known before training: a valid repo id and the Hub not switched off."""
+    from huggingface_hub import constants
+    from timm_ff.errors import HubError
+    from timm_ff.hub import check_repo_id
+    check_repo_id(args.push_to_hub)
+    if constants.HF_HUB_OFFLINE:
+        later = f'python -m timm_ff.hub push RUN_FOLDER {args.push_to_hub}' + (' --private' if args.hub_private else '') \
+            + (f' --revision {args.hub_revision}' if args.hub_revision else '')
+        raise HubError(f'--push-to-hub {args.push_to_hub}: HF_HUB_OFFLINE=1 is set, so the finished run could not be '
+                       'uploaded; unset HF_HUB_OFFLINE to push it, or drop --push-to-hub and publish the run later '
+                       f'with {later}')
+
+
 def import_user_modules(names) -> None:
     """Import the ``--import`` modules (from the working folder or the Python path) so what they register exists."""
     import importlib
@@ -342,8 +356,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     check_args(args)
     if args.push_to_hub:
-        from timm_ff.hub import check_repo_id
-        check_repo_id(args.push_to_hub)  # fail before training, not after
+        check_push_target(args)  # fail before training, not after
     import timm
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState

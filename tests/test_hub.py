@@ -250,6 +250,14 @@ def test_cli_errors_are_one_line(argv, match, trained_run, tmp_path, capsys):
     assert err.startswith('error: ') and err.count('\n') == 1 and match in err, err
 
 
+
+@pytest.mark.parametrize('repo_id', ['someorg/name-', 'someorg/a--b', 'someorg/model.git', 'someorg/' + 'x' * 97])
+def test_repo_ids_huggingface_hub_rejects_are_one_clear_error(repo_id):
+    with pytest.raises(HubError, match=rf"^bad Hub repo id '{repo_id}': expected ORG/NAME .*huggingface_hub says: "):
+        hub.check_repo_id(repo_id)
+    assert hub.check_repo_id('someorg/name-1.x_y') == 'someorg/name-1.x_y'
+
+
 def test_cli_entry_point_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'timm_ff.hub', 'push', str(tmp_path / 'nope'), 'a/b'],
                           capture_output=True, text=True, timeout=120)

@@ -181,6 +181,7 @@ BAD_INPUTS = [
     (['--opt', 'nope'], "unknown --opt 'nope'"),
     (['--model', 'dtgff_cnn_s.cifar10', '--pretrained'], 'local-dir:'),
     (['--push-to-hub', 'not/a/repo id'], "'not/a/repo id'"),
+    (['--push-to-hub', 'someone/model--x'], "bad Hub repo id 'someone/model--x': expected ORG/NAME"),
     (['-c', '{aug_recipe}'], "unknown --aug 'cutout'; allowed: crop_flip, rrc, none"),
     (['--crop-padding', '-4'], '--crop-padding must be a non-negative integer number of pixels, got -4'),
     (['--color-jitter', '-0.5'], 'color jitter strength must be a number >= 0 (0: off), got -0.5'),
@@ -232,6 +233,21 @@ def test_bad_input_gives_one_clear_line_and_no_finished_run(tmp_path, capsys, fl
     assert code == 2, (flags, err[-2000:])
     assert expected in err, (flags, expected, err[-2000:])
     assert not (out / 'metrics.json').exists()
+
+
+@pytest.mark.timeout(300)
+def test_push_to_hub_offline_fails_before_training(tmp_path, capsys):
+    # conftest sets HF_HUB_OFFLINE=1 for this process: the push could never happen, so nothing may train
+    import train_ff
+    out = tmp_path / 'run'
+    code = train_ff.cli([*QUICK, '--max-train-steps', '1', '--output', str(out), '--push-to-hub', 'someone/model',
+                         '--hub-revision', 'dev'])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0] == ('error: --push-to-hub someone/model: HF_HUB_OFFLINE=1 is set, so the finished run could not '
+                         'be uploaded; unset HF_HUB_OFFLINE to push it, or drop --push-to-hub and publish the run '
+                         'later with python -m timm_ff.hub push RUN_FOLDER someone/model --revision dev')
+    assert not out.exists()  # no checkpoint, no recipe: training never started
 
 
 @pytest.mark.timeout(120)

@@ -33,9 +33,18 @@ _REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
 
 
 def check_repo_id(repo_id: str) -> str:
-    """Return ``repo_id`` if it looks like ``ORG/NAME``, else raise :class:`HubError` (no network)."""
+    """Return ``repo_id`` if it is ``ORG/NAME`` and huggingface_hub's ``validate_repo_id`` accepts it, else raise
+    :class:`HubError` (no network)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+    expected = ('expected ORG/NAME (letters, digits, ".", "-", "_"; no part starting or ending with "." or "-", '
+                'no "--" or "..", not ending in ".git", each part at most 96 characters)')
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or '..' in repo_id:
-        raise HubError(f'bad Hub repo id {repo_id!r}: expected ORG/NAME (letters, digits, ".", "-", "_")')
+        raise HubError(f'bad Hub repo id {repo_id!r}: {expected}')
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f'bad Hub repo id {repo_id!r}: {expected}; huggingface_hub says: {e}') from e
     return repo_id
 
 
