@@ -416,12 +416,21 @@ def test_released_tags_constant_matches_the_release_folder():
     assert all(name in timm.list_pretrained() for name in RELEASED_TAGS)
 
 
-def test_pretrained_weights_from_a_file_keep_their_own_error(tmp_path):
-    """Only a failed Hub download becomes the tag HubError; a missing local file stays timm's error."""
-    with pytest.raises(Exception) as info:
-        timm.create_model('dtgff_cnn_s.cifar10', pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(tmp_path / 'missing.safetensors')))
+@pytest.mark.parametrize('name', ['dtgff_cnn_s.cifar10', 'dtgff_cnn_s', 'dtgff_resnet18'])
+def test_pretrained_weights_from_a_missing_file_name_the_file(tmp_path, name):
+    """Only a failed Hub download becomes the tag HubError; a missing local file stays timm's FileNotFoundError,
+    with a message naming the path and what was expected there."""
+    missing = str(tmp_path / 'missing.safetensors')
+    with pytest.raises(FileNotFoundError) as info:
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=missing))
     assert not isinstance(info.value, HubError), repr(info.value)
+    arch = name.split('.')[0]
+    assert str(info.value) == (f"pretrained weights file {missing!r} for model {arch!r} does not exist: "
+                               "pretrained_cfg_overlay=dict(file=...) expects a .safetensors, .pth or .bin file of "
+                               "the model's weights")
+    with pytest.raises(FileNotFoundError, match=rf"^pretrained weights file '{tmp_path}' for model '{arch}' is a "
+                                                rf"folder: .*use timm.create_model\('local-dir:{tmp_path}', "):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))
 
 
 def test_unreachable_hub_fails_at_once(trained_run, tmp_path):

@@ -96,6 +96,26 @@ def pretrained_load_error(name: str, repo_id: str, e: BaseException, tag: bool) 
     return HubError(_offline_message(repo_id, 'the weights', reason))
 
 
+def pretrained_file_error(name: str, path: str) -> Optional[FileNotFoundError]:
+    """The one-line error for ``pretrained_cfg_overlay=dict(file=path)`` naming no weights file (timm's has no text).
+
+    Args:
+        name: The model being built.
+        path: The ``file`` timm could not load.
+
+    Returns:
+        The error, or None when ``path`` is a file (a FileNotFoundError then came from elsewhere).
+    """
+    if Path(path).is_file():
+        return None
+    folder = Path(path).is_dir()
+    hint = (f"; for a run folder holding {WEIGHTS_NAME} + {CONFIG_NAME} use timm.create_model('local-dir:{path}', "
+            'pretrained=True)') if folder else ''
+    return FileNotFoundError(f"pretrained weights file {str(path)!r} for model {name!r} "
+                             f"{'is a folder' if folder else 'does not exist'}: pretrained_cfg_overlay=dict(file=...) "
+                             f"expects a .safetensors, .pth or .bin file of the model's weights{hint}")
+
+
 def _download(repo_id: str, filename: str, revision: Optional[str], reason: Optional[str]) -> Path:
     """hf_hub_download with every failure as a :class:`HubError`; cache only when ``reason`` is set."""
     from huggingface_hub import constants, hf_hub_download

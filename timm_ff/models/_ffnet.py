@@ -557,14 +557,15 @@ def _pretrained_hub_error(variant: str, kwargs: Dict, e: Exception):
 
     ``timm.create_model(tag, pretrained=True)`` offline, or for a tag whose weights are not published,
     otherwise ends in huggingface_hub's generic text; this names the tag, the released tags and the local
-    alternatives instead (the message :func:`timm_ff.hub.create_pretrained` gives). None when ``e`` is
-    not a failed Hub download (weights from a file, a state dict or a local folder, or any other error).
+    alternatives instead (the message :func:`timm_ff.hub.create_pretrained` gives). A weights ``file``
+    that is not there gives a :class:`FileNotFoundError` naming it (timm's has no text). None for any
+    other error (weights from a state dict or a local folder, or not a failed load).
     """
     from huggingface_hub.errors import HfHubHTTPError
     from timm.models._builder import resolve_pretrained_cfg
 
     from ..hub._common import request_errors
-    from ..hub.download import pretrained_load_error
+    from ..hub.download import pretrained_file_error, pretrained_load_error
     if not isinstance(e, (HfHubHTTPError, *request_errors())):
         return None
     try:
@@ -573,6 +574,9 @@ def _pretrained_hub_error(variant: str, kwargs: Dict, e: Exception):
     except Exception:  # noqa: BLE001  (an unresolvable cfg: leave the original error alone)
         return None
     # timm's own order (_builder._resolve_pretrained_source): a state dict or file wins over hf_hub_id
+    from_file = cfg.source not in ('hf-hub', 'local-dir') and not cfg.state_dict and cfg.file
+    if from_file and isinstance(e, FileNotFoundError):
+        return pretrained_file_error(variant, cfg.file)
     from_hub = cfg.source == 'hf-hub' or (not cfg.source and not cfg.state_dict and not cfg.file)
     if not (cfg.hf_hub_id and from_hub):
         return None
