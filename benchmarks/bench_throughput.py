@@ -84,7 +84,7 @@ def run_one(cfg: dict) -> dict:
     from timm_ff.trainer import compile_units
     torch.manual_seed(0)
     acc, model, train, source = _setup(cfg['model'], cfg['batch_size'], cfg['data_dir'], cfg['mixed_precision'],
-                                       cfg['channels_last'])
+                                       cfg['channels_last'], model_kwargs=cfg.get('model_kwargs'))
     warm, steps, b = cfg['warmup'], cfg['steps'], cfg['batch_size']
     import timm_ff
     out = dict(cfg, data_source=source, device=str(acc.device), timm_ff_from=str(Path(timm_ff.__file__).parent))
@@ -109,6 +109,9 @@ def run_one(cfg: dict) -> dict:
         return timed_steps(trainer, n)
     if cfg['kind'] == 'trainer':
         return dict(out, img_per_s=trainer_steps(steps), **_cuda_peak(acc.device))
+    if cfg['kind'] == 'head':  # one head's step: img/s, and this process's peak memory (the same data and model)
+        return dict(out, img_per_s=trainer_steps(steps), head_params=sum(
+            p.numel() for u in model.local_units() for p in u.head.parameters()), **_peak_memory(acc.device))
     # 'overhead': the same dtg summed step (unit losses + fusion fit) written by hand, on the same model
     # and batches, alternated with the trainer in this process so both see the same machine state;
     # medians of the rounds
@@ -182,6 +185,36 @@ def _cuda_peak(device) -> dict:
     return dict(cuda_max_memory_allocated_mb=torch.cuda.max_memory_allocated(device) / 2 ** 20)
 
 
+def _peak_memory(device) -> dict:
+    """Peak memory of this process: the CUDA allocator's on a GPU, else the peak resident set size."""
+    if device.type == 'cuda':
+        return _cuda_peak(device)
+    import resource
+    return dict(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def head_ratios(rows) -> dict:
+    """Per model, head and objective: the median over rounds of img/s and peak memory, and the step time over the
+    goodness head's step time (the same objective, the same run)."""
+    import statistics
+    groups = {}
+    for r in rows:
+        if r.get('kind') == 'head' and 'img_per_s' in r:
+            groups.setdefault((r['model'], r['model_kwargs']['head'], r['objective']), []).append(r)
+    out = {}
+    for (model, head, objective), rs in groups.items():
+        mem = 'peak_rss_mb' if 'peak_rss_mb' in rs[0] else 'cuda_peak_mb'
+        out.setdefault(model, {}).setdefault(head, {})[objective] = dict(
+            img_per_s=statistics.median(r['img_per_s'] for r in rs), rounds=len(rs),
+            peak_memory_mb=statistics.median(r[mem] for r in rs), memory_kind=mem, head_params=rs[0]['head_params'])
+    for model, heads in out.items():
+        for head, objs in heads.items():
+            for objective, v in objs.items():
+                ref = heads.get('goodness', {}).get(objective)
+                v['step_time_over_goodness'] = ref['img_per_s'] / v['img_per_s'] if ref else None
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data-dir', default=str(REPO.parent / 'shared/data/cifar10-jpeg'),
@@ -196,6 +229,10 @@ def main():
     p.add_argument('--name', default='throughput_cpu')
     p.add_argument('--compare', default='', metavar='REV',
                    help="also run every trainer and data-path configuration on git revision REV's timm_ff, alternated")
+    p.add_argument('--heads', nargs='*', default=[], help="also time dtg and bp_deepsup steps with each of these heads "
+                   "(model kwarg head=; 'goodness' is the reference), with each process's peak memory")
+    p.add_argument('--rounds', type=int, default=1, help='--heads: timed rounds per head (medians reported)')
+    p.add_argument('--skip-trainer', action='store_true', help='only the --heads rows (no data path, trainer, overhead)')
     p.add_argument('--one', default='', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -212,12 +249,16 @@ def main():
         base = dict(model=model, batch_size=args.batch_size, data_dir=data_dir, mixed_precision=args.mixed_precision,
                     compile=args.compile, channels_last=args.channels_last, tmp=str(tmp),
                     warmup=args.warmup[0 if small else 1], steps=args.steps[0 if small else 1])
-        configs = [dict(base, kind='data', warmup=5, steps=200 if small else 100)]
-        configs += [dict(base, kind='trainer', objective=o, mode=m) for o, m in TRAIN_CONFIGS]
-        if ref is None:
+        configs = [] if args.skip_trainer else [dict(base, kind='data', warmup=5, steps=200 if small else 100)]
+        configs += [] if args.skip_trainer else [dict(base, kind='trainer', objective=o, mode=m) for o, m in TRAIN_CONFIGS]
+        if ref is None and not args.skip_trainer:
             configs += [dict(base, kind='overhead', objective='dtg', mode='summed')]
-        else:  # each configuration on REV's code right after this checkout's
+        elif ref is not None:  # each configuration on REV's code right after this checkout's
             configs = [dict(c, code=code) for c in configs for code in ('head', 'ref')]
+        heads = (['goodness'] if args.heads and 'goodness' not in args.heads else []) + list(args.heads)
+        # rounds alternate the heads, so a drift of the machine's speed reaches every head alike
+        configs += [dict(base, kind='head', objective=o, mode='summed', model_kwargs=dict(head=h), round=r)
+                    for r in range(args.rounds) for o in ('dtg', 'bp_deepsup') for h in heads]
         for cfg in configs:
             cmd = [sys.executable, __file__, '--one', json.dumps(cfg)]
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ref['path']), os.environ.get('PYTHONPATH', '')])) \
@@ -228,12 +269,13 @@ def main():
                 cfg, failed=True, error=proc.stderr.strip().splitlines()[-1:] or ['no output'])
             row.pop('tmp', None)
             rows.append(row)
-            label = {'trainer': f"{row.get('objective')} {row.get('mode')}", 'overhead': 'bare loop'}.get(row['kind'], row['kind'])
+            label = {'trainer': f"{row.get('objective')} {row.get('mode')}", 'overhead': 'bare loop',
+                     'head': f"{row.get('objective')} head={row.get('model_kwargs', {}).get('head')}"}.get(row['kind'], row['kind'])
             label += f" [{row['code']}]" if 'code' in row else ''
             print(f"{model:16s} {label:18s} " + (f"{row['img_per_s']:8.1f} img/s" if 'img_per_s' in row else 'FAILED'),
                   flush=True)
     result = dict(prov, batch_size=args.batch_size, mixed_precision=args.mixed_precision, compile=args.compile,
-                  channels_last=args.channels_last, rows=rows, ratios=ratios(rows))
+                  channels_last=args.channels_last, rows=rows, ratios=ratios(rows), head_ratios=head_ratios(rows))
     if ref is not None:
         result['compare'] = dict(ref=ref['commit'], head=prov['git_commit'], git_dirty=prov['git_dirty'])
         for model, r in result['ratios'].items():
@@ -303,7 +345,9 @@ def plot(rows, path: Path, title: str):
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         sel = [r for r in rows if r['model'] == model and r['kind'] != 'data' and 'img_per_s' in r]
-        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'overhead' else f"{r['objective']}\n{r['mode']}"
+        sel = [r for r in sel if r['kind'] != 'head' or r.get('round', 0) == 0]
+        labels = ['bare loop\n(dtg summed)' if r['kind'] == 'overhead' else f"{r['objective']}\n{r['model_kwargs']['head']}"
+                  if r['kind'] == 'head' else f"{r['objective']}\n{r['mode']}"
                   + (f"\n{r['code']}" if 'code' in r else '') for r in sel]
         colors = ['#888888' if r['kind'] == 'overhead' or r.get('code') == 'ref' else '#2a7ab9' if r['objective'] == 'dtg'
                   else '#d9822b' for r in sel]
