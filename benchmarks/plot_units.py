@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 COLOURS = {'dtg': 'tab:blue', 'bp_deepsup': 'tab:orange', 'bp': 'tab:green', 'ff': 'tab:red'}
+STYLES = {'dtg': '-', 'bp_deepsup': '--', 'bp': ':', 'ff': '-.'}
 
 
 def plot(paths, out: Path) -> Path:
@@ -19,30 +20,34 @@ def plot(paths, out: Path) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     runs = {}
-    for path in paths:
+    palette = plt.get_cmap('tab10')
+    for i, path in enumerate(paths):
         data = json.loads(Path(path).read_text())
         for obj, run in data['runs'].items():
             label = obj if len(paths) == 1 else f'{obj} ({Path(path).stem})'
-            runs[label] = (obj, run)
-    fig, (ax, ax_epochs) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, (obj, run) in runs.items():
-        colour = COLOURS.get(obj)
+            # one file: a colour per objective; several (e.g. one per head): a colour per file, a line style per objective
+            runs[label] = (obj, run, COLOURS.get(obj) if len(paths) == 1 else palette(i % 10))
+    fig, (ax, ax_epochs) = plt.subplots(1, 2, figsize=(12 if len(paths) == 1 else 15, 4.5 if len(paths) == 1 else 6))
+    for label, (obj, run, colour) in runs.items():
+        style = '-' if len(paths) == 1 else STYLES.get(obj, '-')
         units = list(range(len(run['unit_accuracy'])))
-        ax.plot(units, run['unit_accuracy'], marker='o', color=colour,
+        ax.plot(units, run['unit_accuracy'], marker='o', color=colour, linestyle=style,
                 label=f"{label}: fused {run['accuracy']:.2f}%")
-        ax.axhline(run['accuracy'], color=colour, linestyle='--', linewidth=0.8)
+        if len(paths) == 1:
+            ax.axhline(run['accuracy'], color=colour, linestyle='--', linewidth=0.8)
         history = run.get('history_unit_accuracy') or [run['unit_accuracy']]
         epochs = run.get('history_epochs') or [len(history) - 1]
         for i, (epoch, accs) in enumerate(zip(epochs, history)):
-            ax_epochs.plot(units, accs, marker='.', color=colour, alpha=0.3 + 0.7 * (i + 1) / len(history),
+            ax_epochs.plot(units, accs, marker='.', color=colour, linestyle=style, alpha=0.3 + 0.7 * (i + 1) / len(history),
                            label=f'{label} epoch {epoch}' if i in (0, len(history) - 1) else None)
-    for a, title in ((ax, 'after the last epoch (dashed: fused)'), (ax_epochs, 'at every evaluated epoch')):
+    last = 'after the last epoch' + (' (dashed: fused)' if len(paths) == 1 else '')
+    for a, title in ((ax, last), (ax_epochs, 'at every evaluated epoch')):
         a.set_xlabel('unit')
         a.set_ylabel('test top-1 (%)')
         a.set_title(title)
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
-    fig.suptitle(', '.join(Path(p).stem for p in paths))
+    fig.suptitle(', '.join(Path(p).stem for p in paths), fontsize=9 if len(paths) > 2 else 12)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return out
