@@ -20,7 +20,7 @@ each stage's busy fraction (time not spent waiting for a peer) and the bytes it 
 the bytes of gradients it all-reduces per step. Then a projection, from per-unit step times measured in
 the ``single`` process, of the pipeline's speedup on S = 2, 4, 8 devices with the best balanced split and
 the fill/drain bubble of an epoch (``(n + S - 1)`` stage-steps for n batches); it is a projection, not a
-measurement. Results: ``benchmarks/results/<name>.json`` and a PNG next to it.
+measurement. Results: ``<out-dir>/<name>.json`` (default ``benchmarks/results``) and a PNG next to it.
 """
 import argparse
 import json
@@ -221,6 +221,7 @@ def main():
     p.add_argument('--gpu', action='store_true', help='run on GPUs (NCCL) instead of CPU processes')
     p.add_argument('--timeout', type=float, default=1800)
     p.add_argument('--name', default='pipeline_cpu')
+    p.add_argument('--out-dir', default=str(REPO / 'benchmarks/results'), help='writes <out-dir>/<name>.json')
     p.add_argument('--one', default='', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -249,7 +250,7 @@ def main():
     out = dict(prov, batch_size=args.batch_size, window=args.window, results=results)
     for model in results:
         results[model]['config'].pop('tmp', None)
-    path = write_result(args.name, out)
+    path = write_result(args.name, out, args.out_dir)
     plot(results, path.with_suffix('.png'), f"{prov['machine'].get('gpu', prov['machine']['cpu'])}, global batch "
                                             f"{args.batch_size}, 2 processes x 1 thread (single: 1 x 2 threads)")
     print(json.dumps({m: r['summary'] for m, r in results.items()}, indent=1))
