@@ -1,0 +1,192 @@
+"""benchmarks/reproduce.py: every table's commands name real scripts and recipes, pass their scripts' own
+argument parsers, write the file the registry names, and (CPU) are the commands the committed files record."""
+import argparse
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / 'benchmarks'
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO))
+import reproduce  # noqa: E402
+
+CASES = [(t, b) for t in reproduce.TABLES for b in reproduce.BUDGETS]
+PARSE_ARGS = argparse.ArgumentParser.parse_args
+_PARSERS = {}
+
+
+class _Parser(Exception):
+    def __init__(self, parser):
+        super().__init__()
+        self.parser = parser
+
+
+def script_parser(script: str) -> argparse.ArgumentParser:
+    """The parser the script's ``main`` builds, caught as it is about to parse."""
+    if script not in _PARSERS:
+        if script == 'train_ff.py':
+            import train_ff
+            _PARSERS[script] = train_ff.build_parser()
+        else:
+            spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / script)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+
+            def caught(self, args=None, namespace=None):
+                raise _Parser(self)
+            with mock.patch.object(argparse.ArgumentParser, 'parse_args', caught), \
+                    mock.patch.object(sys, 'argv', [script]):
+                with pytest.raises(_Parser) as got:
+                    module.main()
+            _PARSERS[script] = got.value.parser
+    return _PARSERS[script]
+
+
+def parse(script: str, args: list) -> argparse.Namespace:
+    parser = script_parser(script)
+    try:
+        return PARSE_ARGS(parser, args)
+    except SystemExit:
+        pytest.fail(f'{script} rejects {shlex.join(args)}')
+
+
+def dry_run(capsys, *argv) -> list:
+    """``(command tokens, results name or None)`` for each command ``--dry-run`` prints."""
+    assert reproduce.main([*argv, '--dry-run']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    out, commands = None, []
+    for line in lines:
+        if line.startswith('# writes benchmarks/results/'):
+            out = line.split('benchmarks/results/')[1].split('.json')[0]
+        elif line.startswith('python '):
+            commands.append((shlex.split(line)[1:], out))
+            out = None
+    return commands
+
+
+def train_ff_runs(script: str, ns: argparse.Namespace) -> list:
+    """The train_ff.py arguments the gap and ablation benchmarks build from ``ns``, one list per objective."""
+    if script.endswith('bench_cifar10_gap.py'):
+        runs = []
+        for entry in ns.objectives:
+            obj, _, model = entry.partition('@')
+            model_args = ['--model', model] if model else []
+            runs.append(['-c', ns.recipe, '--objective', obj, *model_args, *ns.extra])
+        return runs
+    if script.endswith('bench_ablation.py'):
+        return [['-c', ns.recipe, '--objective', 'dtg', *ns.extra]]
+    return []
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('table,budget', CASES, ids=[f'{t}-{b}' for t, b in CASES])
+def test_dry_run_commands_are_accepted_by_their_scripts(capsys, tmp_path, table, budget):
+    import timm_ff
+    import train_ff
+    runs = reproduce.TABLES[table][1][budget]
+    if isinstance(runs, str):
+        assert reproduce.main([table, '--budget', budget, '--dry-run']) == 0
+        out = capsys.readouterr().out.strip()
+        assert out.startswith(f'{table} has no GPU form: ') and '\n' not in out
+        return
+    commands = dry_run(capsys, table, '--budget', budget)
+    assert len(commands) == len(runs) and commands
+    for args, out in commands:
+        script, *rest = args
+        assert (REPO / script).is_file(), script
+        for flag in ('--recipe', '-c'):
+            if flag in rest:
+                assert (REPO / rest[rest.index(flag) + 1]).is_file(), rest
+        ns = parse(script, rest)
+        if out is None:
+            assert script == 'train_ff.py'
+            continue
+        written = Path(ns.output).stem if script.endswith('bench_models.py') else ns.name
+        assert written == out
+        if budget == 'cpu':  # the committed file it reproduces
+            assert (REPO / 'benchmarks/results' / f'{out}.json').is_file(), out
+        else:
+            assert out.endswith('_gpu'), out
+        for train_args in train_ff_runs(script, ns):
+            targs = train_ff.parse_args(train_args)
+            train_ff.check_args(targs)
+            objective = timm_ff.create_objective(targs.objective)
+            assert targs.local_backward == 'summed' or objective.local, (
+                f'{shlex.join(train_args)}: the end-to-end objective {targs.objective} cannot run per_unit')
+
+
+@pytest.mark.timeout(120)
+def test_cpu_commands_are_the_ones_the_committed_files_record():
+    checked = 0
+    for table, (_, budgets) in reproduce.TABLES.items():
+        for r in budgets['cpu']:
+            if r.out is None or r.script.endswith('record_runs.py'):
+                continue  # a training run, or a record of runs whose note is new text
+            recorded = json.loads((REPO / 'benchmarks/results' / f'{r.out}.json').read_text())['command']
+            as_recorded = r.argv(reproduce.DEFAULT_DATA)[1:len(r.args) + 1]  # without the pinned arguments
+            assert recorded == ' '.join(['python', r.script, *as_recorded])
+            checked += 1
+    assert checked >= 25
+
+
+def test_gpu_files_never_overwrite_cpu_files():
+    outs = {b: [r.out for _, budgets in reproduce.TABLES.values() if not isinstance(budgets[b], str)
+                for r in budgets[b] if r.out] for b in reproduce.BUDGETS}
+    assert not set(outs['cpu']) & set(outs['gpu'])
+    assert all(o.endswith('_gpu') for o in outs['gpu'])
+    assert len(outs['gpu']) == len(set(outs['gpu']))
+
+
+def test_a_data_dir_reaches_every_command_that_reads_cifar10(capsys, tmp_path):
+    for table, budget in (('throughput', 'cpu'), ('ksweep', 'cpu'), ('resnet18_screens', 'cpu'),
+                          ('cnn_s_gap', 'gpu')):
+        for args, _ in dry_run(capsys, table, '--budget', budget, '--data-dir', str(tmp_path)):
+            ns = parse(args[0], args[1:])
+            assert str(tmp_path) in (getattr(ns, 'data_dir', None), getattr(ns, 'cifar10_dir', None)), args
+
+
+def run_cli(*argv, timeout=60):
+    return subprocess.run([sys.executable, str(BENCH / 'reproduce.py'), *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.timeout(120)
+def test_list_names_every_table_budget_and_file():
+    proc = run_cli('--list')
+    assert proc.returncode == 0, proc.stderr
+    for table, (_, budgets) in reproduce.TABLES.items():
+        assert f'\n{table} ' in proc.stdout
+        for runs in budgets.values():
+            for r in [] if isinstance(runs, str) else runs:
+                assert r.out is None or f'{r.out}.json' in proc.stdout
+    assert 'no GPU form: bench_fsdp.py' in proc.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('argv,message', [
+    (['nonsense'], "error: unknown table 'nonsense'; allowed: cnn_s_gap, "),
+    (['fsdp', '--budget', 'tpu'], "error: unknown budget 'tpu'; allowed: cpu, gpu"),
+    ([], 'error: give a table (or --list); allowed: cnn_s_gap, '),
+    (['audit', '--data-dir', 'no/such', '--dry-run'], 'error: data folder no/such does not exist; '),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message):
+    proc = run_cli(*argv)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message) and proc.stderr.count('\n') == 1, proc.stderr
+    assert 'Traceback' not in proc.stderr and not proc.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA: --budget gpu would run')
+def test_gpu_budget_without_cuda_is_refused():
+    proc = run_cli('bf16', '--budget', 'gpu')
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.startswith('error: --budget gpu needs CUDA') and proc.stderr.count('\n') == 1
