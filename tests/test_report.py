@@ -1,0 +1,259 @@
+"""benchmarks/report.py: the committed docs/results.md (and README's headline block, once it has its markers) match
+the results files; and on small synthetic results: stale and uncommitted-tree marks, the renderers, the generic
+fallback, and the headline's choice of numbers."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from _cli import REPO
+
+BENCH = REPO / 'benchmarks'
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import _report_tables as tables  # noqa: E402
+import report  # noqa: E402
+
+RECIPE = 'benchmarks/recipes/test_recipe.yaml'
+COMMIT = 'a' * 40
+
+
+class FakeRepo(report.Repo):
+    """Recipes and model kwargs from dicts instead of git and timm."""
+
+    def __init__(self, recipes_then=None, recipes_now=None, args_then=None, args_now=None, added=None):
+        super().__init__()
+        self.recipes_then, self.recipes_now = recipes_then or {}, recipes_now or {}
+        self.args_then, self.args_now, self.added = args_then or {}, args_now or {}, added or {}
+
+    def text_now(self, path):
+        return self.recipes_now.get(path)
+
+    def text_at(self, commit, path):
+        return self.recipes_then.get(path)
+
+    def tree(self, commit):
+        return 'tree'
+
+    def model_args(self, commit, arch):
+        return (self.args_now if commit is None else self.args_then).get(arch)
+
+    def added_default(self, commit, arch, key):
+        return self.added.get(key, report.NOT_FOUND)
+
+
+def run(acc, objective='dtg', extra='', **kw):
+    return dict(accuracy=acc, unit_accuracy=[acc - 10.04, acc - 2.0, acc], epochs_run=5, global_step=3710,
+                train_images_per_s=123.456, wall_time_s=1000.0, peak_memory_mb=1500.4,
+                fusion_check={'chosen': 'unit 2'},
+                train_command=f'train_ff.py -c {RECIPE} --objective {objective} --seed 0{extra}', **kw)
+
+
+def gap_result(runs=None, **kw):
+    """A results file of bench_cifar10_gap.py's shape."""
+    result = dict(command=f'python benchmarks/bench_cifar10_gap.py --recipe {RECIPE} --jobs 2', git_commit=COMMIT,
+                  git_dirty=False, machine=dict(cpu='Test CPU', cores=2, torch_threads=1, torch='2.0', timm='1.0'),
+                  seed=0, date_utc='2026-01-02T03:04:05Z', jobs=2, threads_per_run=1,
+                  recipe='# the test recipe\nmodel: dtgff_cnn_s\nbatch_size: 64\nepochs: 5\n',
+                  runs=runs or {'dtg': run(78.5), 'bp_deepsup': run(80.0, 'bp_deepsup')})
+    result.update(kw)
+    return result
+
+
+ARGS = {'dtgff_cnn_s': {'head_norm': 'none', 'goodness': 'grid', 'input_size': [3, 32, 32]}}
+
+
+def status(result, **repo_kw):
+    repo_kw.setdefault('recipes_now', {RECIPE: result['recipe']})
+    repo_kw.setdefault('args_then', ARGS)
+    repo_kw.setdefault('args_now', ARGS)
+    return report.status(result, FakeRepo(**repo_kw), {'dtgff_cnn_s', 'ff_cnn_s'})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_committed_results_page_matches_the_results_files():
+    proc = subprocess.run([sys.executable, str(BENCH / 'report.py'), '--check'], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (f'docs/results.md or the README headline block drifted from benchmarks/results: '
+                                  f'run python benchmarks/report.py\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}')
+
+
+def test_every_committed_results_file_has_a_renderer_that_works():
+    for name, result in report.load_results().items():
+        family, rendered = tables.render(name, result)
+        assert 'renderer failed' not in rendered.description, (name, rendered.description)
+        assert rendered.body and all(isinstance(line, str) for line in rendered.body), name
+
+
+def test_a_current_result_is_not_marked():
+    st = status(gap_result())
+    assert st.stale == [] and st.dirty == []
+
+
+def test_a_changed_recipe_is_marked_stale_with_the_changed_keys():
+    result = gap_result()
+    st = status(result, recipes_now={RECIPE: result['recipe'].replace('batch_size: 64', 'batch_size: 32')})
+    assert st.stale == [f'recipe `{RECIPE}` changed since `aaaaaaa`: batch_size 64 -> 32']
+    comment_only = result['recipe'].replace('# the test recipe', '# reworded comment')
+    assert status(result, recipes_now={RECIPE: comment_only}).stale == []
+    assert status(result, recipes_now={}).stale == [f'recipe `{RECIPE}` removed since `aaaaaaa`']
+
+
+def test_a_recipe_without_recorded_text_is_read_at_the_commit():
+    result = gap_result()
+    old = result.pop('recipe')
+    st = report.status(result, FakeRepo(recipes_then={RECIPE: old}, recipes_now={RECIPE: old + 'lr: 0.1\n'},
+                                        args_then=ARGS, args_now=ARGS), {'dtgff_cnn_s'})
+    assert st.stale == [f'recipe `{RECIPE}` changed since `aaaaaaa`: lr added (0.1)']
+
+
+def test_changed_model_defaults_are_marked_stale_unless_the_run_set_them():
+    now = {'dtgff_cnn_s': dict(ARGS['dtgff_cnn_s'], head_norm='batchnorm')}
+    assert status(gap_result(), args_now=now).stale == [
+        'model defaults changed since `aaaaaaa`: `dtgff_cnn_s` head_norm none -> batchnorm']
+    own = ' --model-kwargs {"head_norm": "batchnorm"}'
+    result = gap_result(runs={'dtg': run(78.5, extra=own), 'bp_deepsup': run(80.0, 'bp_deepsup', extra=own)})
+    assert status(result, args_now=now).stale == []
+
+
+def test_a_kwarg_added_since_counts_only_when_its_default_changed_after():
+    now = {'dtgff_cnn_s': dict(ARGS['dtgff_cnn_s'], head='goodness', unit_norm='batchnorm')}
+    st = status(gap_result(), args_now=now, added={'head': 'goodness', 'unit_norm': 'layernorm'})
+    assert st.stale == [('model defaults changed since `aaaaaaa`: `dtgff_cnn_s` unit_norm layernorm -> batchnorm '
+                         '(kwarg added since)')]
+    assert status(gap_result(), args_now=now).stale == []  # where each was added is unknown: not counted
+
+
+def test_models_are_found_in_commands_fields_and_names():
+    recipes = {RECIPE: 'model: dtgff_cnn_s.cifar10\nmodel_kwargs: {goodness: channel}\n'}
+    result = {'runs': {'a': {'train_command': f'train_ff.py -c {RECIPE} --model-kwargs {{"head_norm": "x"}}'},
+                       'b': {'train_command': f'train_ff.py -c {RECIPE} --model ff_cnn_s'}},
+              'rows': [{'model': 'dtgff_mlp', 'model_kwargs': {'head': 'pred'}}], 'dtgff_resnet18': {'x': 1},
+              'note': 'prose naming ff_mlp is not a model run'}
+    found = report.trained_models(result, recipes, {'dtgff_cnn_s', 'ff_cnn_s', 'dtgff_mlp', 'dtgff_resnet18',
+                                                    'ff_mlp'})
+    assert found == {('dtgff_cnn_s', '{"goodness": "channel", "head_norm": "x"}'),
+                     ('ff_cnn_s', '{"goodness": "channel"}'), ('dtgff_mlp', '{"head": "pred"}'),
+                     ('dtgff_resnet18', '{}')}
+
+
+def test_an_uncommitted_tree_is_marked():
+    st = status(gap_result(git_dirty=True, dirty_files=['timm_ff/models/cnn.py']))
+    assert st.dirty == ['measured on an uncommitted tree (changes on top of `aaaaaaa`: `timm_ff/models/cnn.py`)']
+    runs = {'dtg': run(78.5, run_commit=COMMIT + '-dirty'), 'bp_deepsup': run(80.0, run_commit=COMMIT)}
+    assert status(gap_result(runs=runs)).dirty == ['1 run trained on an uncommitted tree: `dtg`']
+
+
+def test_the_page_shows_marks_provenance_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, 'RESULTS', tmp_path)
+    (tmp_path / 'cifar10_test_cpu.png').write_bytes(b'png')
+    results = {'cifar10_test_cpu.json': gap_result(git_dirty=True, gap_pp=1.5, unit_gap_pp=[-1.0, 1.0, 1.5],
+                                                   new_field_pp=0.25)}
+    stats = {'cifar10_test_cpu.json': report.Status(stale=['recipe changed'], dirty=['uncommitted'])}
+    page = report.render_doc(results, stats)
+    assert page.startswith('# Measured results\n\nGenerated by `python benchmarks/report.py`')
+    assert ('| [`cifar10_test_cpu.json`](#cifar10_test_cpu) | Accuracy: one recipe, several objectives | `aaaaaaa` | '
+            '2026-01-02 | **stale**, uncommitted tree |') in page
+    assert '> **Stale**: recipe changed.' in page and '> **Uncommitted tree**: uncommitted.' in page
+    assert '| `dtg` | 78.50% | unit 2 | 68.5 / 76.5 / 78.5 | 5 | 123 | 1500 | 1000 |' in page
+    assert '- gap `bp_deepsup` - `dtg`: **1.50 pp**' in page and '- per-unit gap' in page
+    assert '- `new_field_pp`: 0.25' in page  # an optional field the renderer does not know is still shown
+    assert ('Measured at `aaaaaaa` (uncommitted tree) on 2026-01-02, Test CPU (2 cores, 1 torch thread; torch 2.0, '
+            'timm 1.0), seed 0.') in page
+    assert f'Reproduce: `python benchmarks/bench_cifar10_gap.py --recipe {RECIPE} --jobs 2`' in page
+    assert 'plot [`cifar10_test_cpu.png`](../benchmarks/results/cifar10_test_cpu.png)' in page
+
+
+def test_the_generic_fallback_renders_an_unknown_file():
+    result = dict(command='python benchmarks/bench_new.py', git_commit=COMMIT, seed=0, speedup=1.2345,
+                  nested={'a': {'b': 2}}, long_text='x' * 500, rows=[{'model': 'm', 'img_per_s': 10.0}])
+    family, rendered = tables.render('brand_new_cpu.json', result)
+    assert family is tables.GENERIC
+    text = '\n'.join(rendered.body)
+    assert '| `speedup` | 1.23 |' in text and '| `nested.a.b` | 2 |' in text and 'long_text' not in text
+    assert '| model | img_per_s |' in text and '| m | 10.00 |' in text
+    family, rendered = tables.render('cifar10_broken_cpu.json', dict(result, runs='not a dict'))
+    assert family is tables.GENERIC and 'render_runs renderer failed' in rendered.description
+
+
+def test_throughput_head_ratios_are_rendered():
+    result = dict(command='python benchmarks/bench_throughput.py --heads pred', batch_size=64, mixed_precision='no',
+                  rows=[{'model': 'dtgff_resnet18', 'kind': 'head', 'objective': 'dtg', 'img_per_s': 10.0}],
+                  head_ratios={'dtgff_resnet18': {'pred': {'dtg': dict(img_per_s=40.0, rounds=3, peak_memory_mb=900.0,
+                                                                        head_params=330000,
+                                                                        step_time_over_goodness=1.25)}}})
+    family, rendered = tables.render('throughput_heads_cpu.json', result)
+    assert family.render is tables.render_throughput
+    assert '| `dtgff_resnet18` | `pred` | `dtg` | 40.0 | 1.25x | 900 | 330k | 3 |' in rendered.body
+
+
+def test_the_headline_picks_the_best_current_number(monkeypatch):
+    monkeypatch.setattr(report, 'HEADLINE', {
+        'dtgff_cnn_s': {'objective': 'dtg', 'gap_to': ('dtgff_cnn_s', 'bp_deepsup'),
+                        'files': {'a.json': None, 'b.json': None, 'c.json': None}},
+        'ff_cnn_s': {'objective': 'ff', 'gap_to': ('dtgff_cnn_s', 'dtg'), 'files': {'r.json': {'ff_5ep': 'ff'}}}})
+    results = {
+        'a.json': gap_result(runs={'dtg': run(78.0), 'bp_deepsup': run(81.0, 'bp_deepsup')}),
+        'b.json': gap_result(runs={'dtg': run(79.0)}),  # better, but stale
+        'c.json': gap_result(runs={'dtg': run(78.5), 'ff': run(30.0, 'ff', extra=' --model ff_cnn_s')}),
+        'r.json': {'runs': {'ff_5ep': {'accuracy': 38.2, 'epochs_run': 5, 'data': {'train_rows': 50000},
+                                       'train_command': 'train_ff.py --model ff_cnn_s'},
+                            'ff_2ep': {'accuracy': 40.0, 'epochs_run': 2}}},
+    }
+    stats = {name: report.Status() for name in results}
+    stats['b.json'] = report.Status(stale=['recipe changed'])
+    repo = FakeRepo(recipes_then={RECIPE: results['a.json']['recipe']})
+    cells = report.headline_cells(results, stats, repo)
+    assert cells[('dtgff_cnn_s', 'dtg')].file == 'c.json' and cells[('dtgff_cnn_s', 'dtg')].accuracy == 78.5
+    assert ('dtgff_cnn_s', 'ff') not in cells  # c.json's ff run trained ff_cnn_s, not this model
+    assert cells[('ff_cnn_s', 'ff')].accuracy == 38.2  # only the mapped run counts
+    block = report.render_headline(results, stats, repo)
+    assert block.startswith(report.BEGIN) and block.endswith(report.END)
+    assert ('| `dtgff_cnn_s` | **78.50%** | 81.00% |  |  | 2.50 (vs `bp_deepsup`) | 47.5k x 5 | '
+            '[`a.json`](benchmarks/results/a.json), [`c.json`](benchmarks/results/c.json) |') in block
+    assert '| `ff_cnn_s` |  |  |  | **38.20%** | 40.30 (vs `dtgff_cnn_s` `dtg`) | 50.0k x 5 |' in block
+    stats['c.json'] = report.Status(stale=['model defaults changed'])
+    stats['b.json'] = report.Status()
+    assert report.headline_cells(results, stats, repo)[('dtgff_cnn_s', 'dtg')].file == 'b.json'
+
+
+def test_only_the_block_between_the_markers_is_replaced():
+    text = f'# Title\n\nbefore\n{report.BEGIN}\nold table\n{report.END}\nafter\n'
+    new = report.replace_block(text, f'{report.BEGIN}\nnew table\n{report.END}')
+    assert new == f'# Title\n\nbefore\n{report.BEGIN}\nnew table\n{report.END}\nafter\n'
+    assert report.replace_block('# no markers\n', 'x') is None
+    assert report.replace_block(f'{report.END}\n{report.BEGIN}\n', 'x') is None
+
+
+def test_check_reports_drift_and_write_fills_the_block(tmp_path, monkeypatch, capsys):
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    results = tmp_path / 'results'
+    results.mkdir()
+    (results / 'ksweep_tiny_cpu.json').write_text(json.dumps(dict(
+        command='python benchmarks/bench_ksweep.py', git_commit=head, git_dirty=False, seed=0, models={'t': 'm'},
+        tasks={'t': {'2': {'runs': {'dtg': {'accuracy': 90.0}, 'bp_deepsup': {'accuracy': 91.0}}}}})))
+    readme = tmp_path / 'README.md'
+    monkeypatch.setattr(report, 'RESULTS', results)
+    monkeypatch.setattr(report, 'DOC', tmp_path / 'docs/results.md')
+    monkeypatch.setattr(report, 'README', readme)
+    readme.write_text('# No markers yet\n')
+    assert report.main([]) == 0
+    assert 'has no <!-- report:headline:begin --> ... <!-- report:headline:end --> markers' in capsys.readouterr().err
+    assert readme.read_text() == '# No markers yet\n'
+    assert '### ksweep_tiny_cpu' in (tmp_path / 'docs/results.md').read_text()
+    assert report.main(['--check']) == 0
+    readme.write_text(f'# Title\n{report.BEGIN}\nhand-typed\n{report.END}\nrest\n')
+    capsys.readouterr()
+    assert report.main(['--check']) == 1
+    assert '-hand-typed' in capsys.readouterr().out
+    assert report.main([]) == 0
+    assert report.main(['--check']) == 0
+    text = readme.read_text()
+    assert text.startswith(f'# Title\n{report.BEGIN}\n| model |') and text.endswith(f'{report.END}\nrest\n')
+    (tmp_path / 'docs/results.md').write_text('edited by hand\n')
+    capsys.readouterr()
+    assert report.main(['--check']) == 1
+    assert '-edited by hand' in capsys.readouterr().out
