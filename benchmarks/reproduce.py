@@ -167,8 +167,7 @@ TABLES = {
                   for obj, name in (('bp', 'bp'), ('ff@ff_resnet18', 'ff'))]],
         'gpu': 'the GPU recipe (hub_configs/dtgff_resnet18.cifar10.yaml) trains on all of CIFAR-10: '
                'that is resnet18_full --budget gpu'}),
-    'resnet18_screens': ('dtgff_resnet18 depth screens on 10k images: goodness on the branch, stage units, '
-                         'deeper lr', {
+    'resnet18_screens': ('dtgff_resnet18 depth screens, 10k images: branch goodness, stage units, deep lr', {
         'cpu': [run(f'{R18} --objectives dtg bp_deepsup --name cifar10_resnet18_branch_cpu --jobs 2 '
                     f"--extra {SCREENS['branch']}", data_flag='--data-dir'),
                 *[run(f'{R18} --objectives dtg bp_deepsup --jobs 2 --threads 1 '

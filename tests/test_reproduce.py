@@ -1,8 +1,10 @@
 """benchmarks/reproduce.py: every table's commands name real scripts and recipes, pass their scripts' own
-argument parsers, write the file the registry names, and (CPU) are the commands the committed files record."""
+argument parsers, write the file the registry names, and (CPU) are the commands the committed files record.
+benchmarks/gpu_day.py: its one-line refusal without CUDA, its deadline, and its CPU smoke run end to end."""
 import argparse
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -43,9 +45,8 @@ def script_parser(script: str) -> argparse.ArgumentParser:
             def caught(self, args=None, namespace=None):
                 raise _Parser(self)
             with mock.patch.object(argparse.ArgumentParser, 'parse_args', caught), \
-                    mock.patch.object(sys, 'argv', [script]):
-                with pytest.raises(_Parser) as got:
-                    module.main()
+                    mock.patch.object(sys, 'argv', [script]), pytest.raises(_Parser) as got:
+                module.main()
             _PARSERS[script] = got.value.parser
     return _PARSERS[script]
 
@@ -126,7 +127,7 @@ def test_dry_run_commands_are_accepted_by_their_scripts(capsys, tmp_path, table,
 @pytest.mark.timeout(120)
 def test_cpu_commands_are_the_ones_the_committed_files_record():
     checked = 0
-    for table, (_, budgets) in reproduce.TABLES.items():
+    for _, budgets in reproduce.TABLES.values():
         for r in budgets['cpu']:
             if r.out is None or r.script.endswith('record_runs.py'):
                 continue  # a training run, or a record of runs whose note is new text
@@ -155,7 +156,7 @@ def test_a_data_dir_reaches_every_command_that_reads_cifar10(capsys, tmp_path):
 
 def run_cli(*argv, timeout=60):
     return subprocess.run([sys.executable, str(BENCH / 'reproduce.py'), *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.mark.timeout(120)
@@ -190,3 +191,72 @@ def test_gpu_budget_without_cuda_is_refused():
     proc = run_cli('bf16', '--budget', 'gpu')
     assert proc.returncode == 2 and not proc.stdout
     assert proc.stderr.startswith('error: --budget gpu needs CUDA') and proc.stderr.count('\n') == 1
+
+
+def gpu_day(*argv, timeout):
+    env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, str(BENCH / 'gpu_day.py'), *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA: gpu_day.py would start its run')
+def test_gpu_day_without_cuda_says_so_in_one_line(tmp_path):
+    proc = gpu_day('--out', str(tmp_path), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('error: gpu_day.py needs CUDA') and '--smoke' in proc.stderr
+    assert proc.stderr.count('\n') == 1 and not proc.stdout and not list(tmp_path.iterdir())
+
+
+STEPS = ['train_bf16', 'audit', 'host_sync', 'pipeline', 'resnet18_dtg', 'resnet18_bp_deepsup']
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_gpu_day_smoke_runs_every_step_and_writes_its_files(tmp_path):
+    proc = gpu_day('--smoke', '--out', str(tmp_path), timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / 'gpu_day.json').read_text())
+    for key in ('command', 'git_commit', 'machine', 'seed', 'date_utc', 'minutes', 'smoke', 'steps'):
+        assert key in summary
+    status = {s['name']: s for s in summary['steps']}
+    assert list(status) == STEPS
+    assert status['pipeline']['status'] == 'skipped' and 'GPU' in status['pipeline']['reason']
+    for name in STEPS:
+        if name != 'pipeline':
+            assert status[name]['status'] == 'ok', status[name]
+            result = json.loads((tmp_path / status[name]['results']).read_text())
+            for key in ('command', 'git_commit', 'machine', 'seed', 'date_utc'):
+                assert key in result, (name, key)
+    bf16 = json.loads((tmp_path / 'gpu_day_train_bf16.json').read_text())
+    assert bf16['mixed_precision'] == 'bf16'
+    assert bf16['metrics']['global_step'] == bf16['budget']['max_train_steps'] == 2
+    audit = json.loads((tmp_path / 'gpu_day_audit.json').read_text())
+    assert audit['configs']
+    assert all(not c.get('failed') and c['peak_memory_mib'] > 0 for c in audit['configs'].values())
+    sync = json.loads((tmp_path / 'gpu_day_host_sync.json').read_text())
+    assert sync['passed'] and len(sync['cases']) == 10
+    assert all(c['max_syncs_per_step'] <= 1 and len(c['syncs_per_step']) == 2 for c in sync['cases'])
+    for obj in ('dtg', 'bp_deepsup'):
+        r = json.loads((tmp_path / f'gpu_day_resnet18_{obj}.json').read_text())
+        assert r['objective'] == obj and len(r['metrics']['unit_accuracy']) == 8
+        assert r['recipe_file'] == 'hub_configs/dtgff_resnet18.cifar10.yaml'
+    gap = json.loads((tmp_path / 'gpu_day_resnet18_gap.json').read_text())
+    assert len(gap['unit_gap_pp']) == 8
+    assert not list((REPO / 'benchmarks/results').glob('gpu_day*'))
+    assert summary['wall_s'] < 120
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_gpu_day_keeps_its_deadline(tmp_path):
+    """21 s, 10 of them kept back: the first step is killed at its limit, and nothing else starts."""
+    proc = gpu_day('--smoke', '--minutes', '0.35', '--out', str(tmp_path), timeout=100)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / 'gpu_day.json').read_text())
+    assert [s['name'] for s in summary['steps']] == STEPS
+    assert {s['status'] for s in summary['steps']} <= {'ok', 'timed_out', 'skipped'}
+    assert any(s['status'] != 'ok' for s in summary['steps'] if s['name'] != 'pipeline')
+    assert summary['wall_s'] < 0.35 * 60
+    skipped = [s for s in summary['steps'] if s['status'] == 'skipped' and s['name'] != 'pipeline']
+    assert all(s['reason'].startswith('not started: it needs ~') for s in skipped)
