@@ -70,7 +70,8 @@ class Day:
         self.start = start
         self.out = Path(args.out) if args.out else (
             Path(tempfile.mkdtemp(prefix='gpu_day_smoke_')) if args.smoke else REPO / 'benchmarks/results')
-        self.runs = self.out / 'runs' if args.smoke else REPO / 'benchmarks/runs/gpu_day'
+        runs = self.out / 'runs' if args.smoke else REPO / 'benchmarks/runs/gpu_day'
+        self.runs = runs / time.strftime('%Y%m%d-%H%M%S', time.gmtime(start))  # never an old day's runs
         self.runs.mkdir(parents=True, exist_ok=True)
         self.data_dir = args.data_dir
         self.env = dict(os.environ, HF_HUB_OFFLINE='1')
