@@ -204,7 +204,9 @@ def test_head_kwargs_and_input_size_reach_the_heads():
     big = timm.create_model('dtgff_resnet18', head='pred', pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))
     assert big.model_args['head_img_size'] == 64 and big.units[0].head.proj.in_features == 4096
     assert timm.create_model('dtgff_resnet18', head='pred', head_kwargs={'dim_in_decoder': 1024}).units[0].head.proj.in_features == 1024
-    assert timm.create_model('dtgff_resnet18', head='dgl').model_args['head_norm'] == 'none'
+    mixed = timm.create_model('dtgff_resnet18', head=['goodness'] * 6 + ['dgl'] * 2, head_kwargs={'mlp_width': 32})
+    assert [type(u.head).__name__ for u in mixed.units] == ['GoodnessHead'] * 6 + ['ClassHead'] * 2
+    assert mixed.units[0].head.norm is not None and mixed.units[7].head.proj.in_features == 32  # head_norm: goodness heads
     assert timm.create_model('dtgff_resnet18').model_args.get('head_img_size') is None  # goodness: no change
     mlp = timm.create_model('dtgff_mlp', head='test_mean_mlp', head_kwargs={'hidden': 8})
     assert mlp.units[0].head.proj.in_features == 8
@@ -217,6 +219,8 @@ def test_head_kwargs_and_input_size_reach_the_heads():
     (dict(head='goodness', head_kwargs={'mlp_width': 8}), "kwarg for head 'goodness'"),
     (dict(head='pred', head_kwargs=[1]), 'head_kwargs must be a dict'),
     (dict(head='pred', head_img_size=0), 'head_img_size must be a positive integer'),
+    (dict(head=['pred'] * 3), 'head must be one head name or a list of 8'),
+    (dict(head=['pred'] * 7 + ['nope']), "unknown head 'nope'"),
 ])
 def test_bad_head_input_is_one_clear_line(kwargs, match):
     with pytest.raises(ConfigError, match=match):

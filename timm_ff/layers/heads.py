@@ -22,7 +22,8 @@ model's input size):
   and 32-channel stages of ResNet-32; else stride 1 at the unit's width), global average pool, linear to
   ``feature_dim`` + ReLU, then the linear map.
 
-Register your own with :func:`register_head`.
+A model can mix heads, one per unit (``head=['goodness'] * 6 + ['dgl'] * 2``): ``head_kwargs`` then go to every
+registered head it names. Register your own with :func:`register_head`.
 """
 import contextlib
 import inspect
@@ -112,21 +113,21 @@ class ClassHead(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, temperature: Optional[nn.Module] = None,
-                 coupled_norm: Optional[nn.Module] = None, norm: str = 'none'):
+                 coupled_norm: Optional[nn.Module] = None):
         """
         Args:
             trunk: Activation -> (B, D) features, with ``out_features = D``.
             num_classes: K (0: the head returns the features).
             temperature: Module mapping (features, logits) -> T; None means T = 1.
             coupled_norm: If given, the trunk reads ``coupled_norm(h)`` (the coupled-normalisation ablation).
-            norm: 'batchnorm' standardises each feature over the batch (no affine) before ``proj``.
+
+        The ``head_norm`` model kwarg is the goodness head's: a registered head keeps its source's shape.
         """
         super().__init__()
         self.trunk = trunk
         self.num_features = trunk.out_features
         self.coupled_norm = coupled_norm
         self.temperature = temperature
-        self.norm = nn.BatchNorm1d(self.num_features, affine=False) if norm == 'batchnorm' else None
         self.num_classes = num_classes
         self.proj = self._make_proj(num_classes)
 
@@ -158,7 +159,7 @@ class ClassHead(nn.Module):
         fp32 = contextlib.nullcontext() if isinstance(f, torch.fx.Proxy) else \
             torch.autocast(device_type=f.device.type, enabled=False)
         with fp32:
-            logits = self.proj(self.norm(f) if self.norm is not None else f)
+            logits = self.proj(f)
             if self.temperature is not None:
                 t = self.temperature(f, logits)
                 logits = logits / t.reshape(-1, 1)

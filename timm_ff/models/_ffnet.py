@@ -38,7 +38,7 @@ OUTPUT_FMTS = ('NCHW',)  # forward_intermediates formats (MLP units are (B, C) w
 # The DTG-FF parts, each switchable by one model kwarg. These change what forward() computes,
 # so they are model kwargs (saved in config.json) rather than objective or recipe settings.
 FF_KWARGS = dict(
-    head='goodness',  # each unit's class head: 'goodness' (energies -> linear map) or a registered head (layers.heads)
+    head='goodness',  # each unit's class head: 'goodness' (energies -> linear map), a registered head, or a list (one per unit)
     head_kwargs={},  # keyword arguments of a registered head (e.g. {'mlp_width': 512} for 'dgl')
     head_img_size=None,  # input side the heads are built for (None: the pretrained tag's; only non-goodness heads use it)
     norm='batchnorm',  # norm inside units: 'batchnorm' or 'none' (classic FF: BN would fix each pass's energy)
@@ -51,7 +51,7 @@ FF_KWARGS = dict(
     goodness_patches=2,  # grid side for 'patch' and 'grid' goodness (or a list: one side per unit)
     goodness_reduce='mean',  # 'mean' or 'sum' of squares
     head_proj='learned',  # goodness -> K logits: 'learned' linear or 'fixed' random map
-    head_norm='none',  # 'batchnorm': standardise each goodness value over the batch before the map (class heads)
+    head_norm='none',  # 'batchnorm': standardise each goodness value over the batch before the map (goodness heads)
     temperature='dynamic',  # 'dynamic' (clarity stats -> bounded, EMA-smoothed T) or 'fixed'
     t_min=0.5,  # lower bound of the dynamic temperature
     t_max=4.0,  # upper bound of the dynamic temperature
@@ -256,10 +256,15 @@ class FFNet(nn.Module):
         if cfg['label_embed'] and cfg['head_norm'] != 'none':
             raise ConfigError(f"head_norm={cfg['head_norm']!r} standardises the goodness fed to class heads, but classic FF "
                               "models (label_embed=True) score labels by their scalar goodness: use head_norm='none'")
-        if cfg['label_embed'] and cfg['head'] != 'goodness':
+        heads = list(cfg['head']) if isinstance(cfg['head'], (list, tuple)) else [cfg['head']] * len(bodies)
+        if len(heads) != len(bodies):
+            raise ConfigError(f"head must be one head name or a list of {len(bodies)} (one per unit), got {cfg['head']!r}")
+        if cfg['label_embed'] and any(h != 'goodness' for h in heads):
             raise ConfigError(f"head={cfg['head']!r} maps a unit's activation to class logits, but classic FF models "
                               "(label_embed=True) score labels by their scalar goodness: use head='goodness'")
-        check_head(cfg['head'], cfg['head_kwargs'], spatial)
+        for name in dict.fromkeys(heads):  # head_kwargs go to the registered heads (to 'goodness' only when alone)
+            check_head(name, cfg['head_kwargs'] if name != 'goodness' or set(heads) == {'goodness'} else {}, spatial)
+        self._unit_heads = heads
         side = cfg['head_img_size']
         if side is not None and (not isinstance(side, int) or isinstance(side, bool) or side < 1):
             raise ConfigError(f'head_img_size must be a positive integer (the input side) or None, got {side!r}')
@@ -291,7 +296,7 @@ class FFNet(nn.Module):
         for u, (body, c) in enumerate(zip(bodies, chs)):
             units.append(LocalUnit(
                 body=body,
-                head=self._make_head(c, self._unit_patches[u], self._feat_sides[u]),
+                head=self._make_head(c, self._unit_patches[u], self._feat_sides[u], self._unit_heads[u]),
                 in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial) if u > 0 else None,
                 stem=stem if u == 0 else None,
                 label_embed=self._make_label_embed(stem if u == 0 else None, chs[u - 1] if u > 0 else 0),
@@ -305,7 +310,7 @@ class FFNet(nn.Module):
                              for u, (c, r) in enumerate(zip(chs, reductions))]
         self._min_size = reductions[-1] if spatial else 1
 
-    def _make_head(self, chs: int, patches: int, feat_side: Optional[int] = None) -> nn.Module:
+    def _make_head(self, chs: int, patches: int, feat_side: Optional[int] = None, head: str = 'goodness') -> nn.Module:
         cfg = self.ff_cfg
         temp = None
         if not self.label_embed_enabled:
@@ -314,9 +319,9 @@ class FFNet(nn.Module):
                 t_kwargs.update(t_min=cfg['t_min'], t_max=cfg['t_max'], momentum=cfg['t_momentum'])
             temp = create_temperature(cfg['temperature'], **t_kwargs)
         coupled = None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial)
-        if cfg['head'] != 'goodness':
-            trunk = create_head_trunk(cfg['head'], chs, feat_side, **cfg['head_kwargs'])
-            return ClassHead(trunk, self.num_classes, temperature=temp, coupled_norm=coupled, norm=cfg['head_norm'])
+        if head != 'goodness':
+            trunk = create_head_trunk(head, chs, feat_side, **cfg['head_kwargs'])
+            return ClassHead(trunk, self.num_classes, temperature=temp, coupled_norm=coupled)
         return GoodnessHead(
             chs,
             num_classes=0 if self.label_embed_enabled else self.num_classes,
@@ -525,11 +530,10 @@ class FFNet(nn.Module):
 
 
 def head_defaults(kwargs: Dict, input_size: Sequence[int]) -> Dict:
-    """A registered (non-goodness) head is built for the tag's input side and, unless ``head_norm`` is given,
-    without the goodness head's batch standardisation (its own published shape)."""
-    if kwargs.get('head', 'goodness') != 'goodness':
+    """A registered (non-goodness) head is built for the tag's input side."""
+    head = kwargs.get('head', 'goodness')
+    if any(h != 'goodness' for h in (head if isinstance(head, (list, tuple)) else [head])):
         kwargs.setdefault('head_img_size', int(min(input_size[-2:])))
-        kwargs.setdefault('head_norm', 'none')
     return kwargs
 
 
