@@ -1,6 +1,6 @@
 """A user's own local rule, registered from outside the package and trained with train_ff.py --import.
 
-The module below is the README's example: a goodness mode (``register_goodness``) and a local objective
+The module below is the example of docs/objectives.md: a goodness mode (``register_goodness``) and a local objective
 (``register_objective``) defined in a file of the user's, next to which train_ff.py is run.
 """
 import json
