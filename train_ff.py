@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--model-kwargs', default={}, type=json.loads, help='JSON dict of model kwargs (DTG-FF switches)')
     g.add_argument('--objective', default='', help="dtg, ff, bp or bp_deepsup (default: the model's natural one)")
     g.add_argument('--objective-kwargs', default={}, type=json.loads, help='JSON dict of objective kwargs')
+    g.add_argument('--method', default='', help='a named local-learning method (a cited preset of objective, kwargs and '
+                        'recipe keys; flags given here win): see --list-methods')
+    g.add_argument('--list-methods', action='store_true', help='print the registered methods and exit')
     g.add_argument('--import', dest='imports', nargs='+', default=[], metavar='MODULE',
                    help='Python modules to import before anything is built: they may register timm models, '
                         'objectives (timm_ff.register_objective) and goodness modes (timm_ff.register_goodness)')
@@ -145,7 +148,7 @@ def parse_classes(text: str):
 
 
 # recipe keys that only make sense on a command line
-_NOT_IN_RECIPE = ('config', 'resume', 'output', 'push_to_hub', 'hub_private', 'hub_revision')
+_NOT_IN_RECIPE = ('config', 'resume', 'output', 'push_to_hub', 'hub_private', 'hub_revision', 'list_methods')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -161,13 +164,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         dests = {a.dest for a in parser._actions} - set(_NOT_IN_RECIPE) - {'help'}
         check_recipe_keys(recipe, dests, pre.config)
         parser.set_defaults(**recipe)
+    method = method_defaults(parser, pre, argv)
     args = parser.parse_args(argv)
     for key in ('model_kwargs', 'objective_kwargs', 'dataset_kwargs', 'unit_micro_batches'):
         if isinstance(getattr(args, key), str):
             setattr(args, key, json.loads(getattr(args, key)))
+    if method is not None:  # the method's kwargs under the command line's, over the recipe's
+        for key in ('model_kwargs', 'objective_kwargs'):
+            given = getattr(pre, key)
+            given = json.loads(given) if isinstance(given, str) else given
+            recipe_value = parser.get_default(key) if not given else {}
+            setattr(args, key, {**(recipe_value or {}), **getattr(method, key), **(given or {})})
     if resumed is not None:
         check_resumed_model(args, *resumed)
     return args
+
+
+def method_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace, argv=None):
+    """Apply ``--method``'s objective and recipe keys as defaults (flags given on the command line still win)."""
+    name = pre.method or parser.get_default('method')
+    if not name:
+        return None
+    import_user_modules(pre.imports or parser.get_default('imports'))
+    from timm_ff.methods import get_method
+    method = get_method(name)
+    dests = {a.dest for a in parser._actions}
+    for key in method.recipe:
+        if key not in dests:
+            raise ValueError(f'method {name!r} sets {key!r}, which is not a train_ff.py argument')
+    parser.set_defaults(objective=method.objective, **method.recipe)
+    return method
 
 
 # recipe keys that fix the model's shape: a resumed run must keep its own (its checkpoint holds that model)
@@ -354,6 +380,12 @@ def describe_data(data, name: str, train_loader, eval_loader) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list_methods:
+        import timm_ff  # noqa: F401  (registers the built-in methods)
+        from timm_ff.methods import method_table
+        import_user_modules(args.imports)
+        print(method_table())
+        return 0
     check_args(args)
     if args.push_to_hub:
         check_push_target(args)  # fail before training, not after
@@ -542,6 +574,7 @@ def main(argv=None) -> int:
     push_error = ''
     from timm_ff.hub.save import full_state_dict, is_sharded
     # FSDP shards are gathered with every process taking part; only the main process writes the folder
+    metrics.update(local=objective.local, method=args.method or None)  # in config.json and the model card too
     state_dict = full_state_dict(model) if accelerator.is_main_process or is_sharded(model) else None
     if accelerator.is_main_process:
         save_model_folder(model, out_dir, state=state_dict,

@@ -11,3 +11,4 @@ from .models import (DTGFF_DEFAULTS, DTGFF_RESNET_DEFAULTS, FF_CONV_DEFAULTS, FF
                      FFNet, FFResNet, HUB_ORG, LocalUnit)
 from .layers import list_goodness, list_heads, register_goodness, register_head
 from .objectives import create_objective, list_objectives, register_objective
+from .methods import Method, get_method, list_methods, register_method

@@ -1,0 +1,53 @@
+"""Named methods: the registry, --list-methods, --method presets under the command line's flags, locality recorded."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import timm_ff
+from timm_ff import ConfigError
+from timm_ff.methods import Method, get_method, list_methods, method_table
+
+from _cli import REPO, TRAIN, assert_ok, env, run_train
+
+
+def test_builtin_methods_and_their_table():
+    names = list_methods()
+    assert names[:6] == ['dtg', 'ff', 'bp', 'bp_deepsup', 'dgl', 'infopro']
+    table = method_table().splitlines()
+    assert table[0].split()[:3] == ['method', 'objective', 'local'] and len(table) == len(names) + 1
+    assert [line.split()[2] for line in table[1:5]] == ['yes', 'yes', 'NO', 'NO']  # bp and bp_deepsup are not local
+    for name in names:  # every method names a registered objective and a paper
+        m = get_method(name)
+        assert m.objective in timm_ff.list_objectives() and m.paper
+
+
+def test_unknown_method_and_duplicate_registration():
+    with pytest.raises(ConfigError, match="unknown method 'nope'; allowed: bp, bp_deepsup, dgl"):
+        get_method('nope')
+    with pytest.raises(ValueError, match="'dgl' is already registered"):
+        timm_ff.register_method(Method('dgl', 'dtg', paper='x'))
+
+
+def test_list_methods_cli_and_bad_method_is_one_line():
+    out = subprocess.run([sys.executable, TRAIN, '--list-methods'], cwd=REPO, env=env(), capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.splitlines()[0].startswith('method') and 'infopro' in out.stdout
+    bad = subprocess.run([sys.executable, TRAIN, '--method', 'nope'], cwd=REPO, env=env(), capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: unknown method 'nope'; allowed: bp, bp_deepsup, dgl, dtg, ff, infopro"]
+
+
+@pytest.mark.timeout(300)
+def test_method_preset_under_command_line_flags(tmp_path):
+    """--method infopro sets its head, fixed temperature and recon; a flag given on the command line wins."""
+    out = tmp_path / 'run'
+    proc = run_train('--method', 'infopro', '--model', 'dtgff_cnn_s', '--model-kwargs', '{"head": "pred"}',
+                     '--epochs', '1', '--max-train-steps', '2', '--output', out)
+    assert_ok(proc)
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['model_args']['head'] == 'pred' and cfg['model_args']['temperature'] == 'fixed'
+    recipe = cfg['timm_ff']['recipe']
+    assert recipe['method'] == 'infopro' and recipe['objective'] == 'dtg' and recipe['objective_kwargs'] == {'recon': [5.0, 0.0]}
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['local'] is True and metrics['method'] == 'infopro'
