@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def git_commit() -> dict:
     def run(*cmd):
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = [line[3:] for line in run('git', 'status', '--porcelain', '--untracked-files=no').splitlines()]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout
+    dirty = [line[3:] for line in run('git', 'status', '--porcelain', '--untracked-files=no').splitlines() if line]
     # the tracked files that differ from the commit: a dirty tree of docs alone does not change a measurement
-    return dict(git_commit=run('git', 'rev-parse', 'HEAD'), git_dirty=bool(dirty), dirty_files=dirty)
+    return dict(git_commit=run('git', 'rev-parse', 'HEAD').strip(), git_dirty=bool(dirty), dirty_files=dirty)
 
 
 def cpu_model() -> str:
