@@ -12,14 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import unknown_choice
+from ..errors import ConfigError, unknown_choice
 
-__all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 'FixedLinear', 'GoodnessHead',
-           'register_goodness', 'list_goodness']
+__all__ = ['GOODNESS_MODES', 'GOODNESS_REDUCE', 'HEAD_PROJ', 'goodness_vector', 'FixedLinear', 'ClassGroupMean',
+           'GoodnessHead', 'register_goodness', 'list_goodness']
 
 GOODNESS_MODES = ('channel', 'patch', 'channel_patch', 'grid')
 GOODNESS_REDUCE = ('mean', 'sum')
-HEAD_PROJ = ('learned', 'fixed')
+HEAD_PROJ = ('learned', 'fixed', 'class_groups')
 HEAD_NORMS = ('none', 'batchnorm')
 
 # user goodness modes: name -> (fn(h, groups, patches, reduce) -> (B, G), size(in_chs, groups, patches) -> G)
@@ -126,6 +126,26 @@ class FixedLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class ClassGroupMean(nn.Module):
+    """Goodness -> K logits without parameters: class k's logit is the mean of the k-th of K equal, consecutive
+    blocks of the goodness vector.
+
+    On per-channel goodness (``goodness='channel'``) that is the energy (mean square over the block's channels and
+    positions) of the k-th group of C / K channels: CwComp's class logit (Papachristodoulou et al. 2024).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        if in_features < out_features or in_features % out_features:
+            raise ConfigError(f"head_proj='class_groups' gives each of the K={out_features} classes an equal group of "
+                              f"a unit's channels; a unit has {in_features}, allowed: a positive multiple of "
+                              f'{out_features} ({out_features}, {2 * out_features}, ...)')
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.out_features, -1).mean(2)
+
+
 class GoodnessHead(nn.Module):
     """Goodness vector -> K class logits, divided by the unit's temperature.
 
@@ -155,7 +175,8 @@ class GoodnessHead(nn.Module):
             groups: Channel groups (0: one per channel).
             patches: Patch grid side.
             reduce: 'mean' or 'sum' of squares.
-            proj: 'learned' linear map to K logits, or 'fixed' random map (a buffer).
+            proj: 'learned' linear map to K logits, 'fixed' random map (a buffer), or 'class_groups' (each
+                class's logit is the energy of its own group of C / K channels; :class:`ClassGroupMean`).
             temperature: Module mapping (goodness, logits) -> T (B or scalar); None means T = 1.
             coupled_norm: If given, goodness is read from ``coupled_norm(h)`` (the tensor handed
                 to the next unit): the coupled-normalisation ablation.
@@ -171,6 +192,8 @@ class GoodnessHead(nn.Module):
             raise unknown_choice('head norm', norm, HEAD_NORMS)
         if mode not in list_goodness():
             raise unknown_choice('goodness mode', mode, list_goodness())
+        if proj == 'class_groups' and mode != 'channel':
+            raise unknown_choice("goodness mode for head_proj='class_groups' (one energy per channel)", mode, ('channel',))
         if not spatial and mode not in ('channel', *_USER_GOODNESS):
             raise unknown_choice('goodness mode for a non-spatial (MLP) unit', mode, ('channel',))
         self.mode, self.groups, self.patches, self.reduce = mode, groups, patches, reduce
@@ -191,6 +214,8 @@ class GoodnessHead(nn.Module):
             return None
         if self.proj_kind == 'fixed':
             return FixedLinear(self.num_goodness, num_classes)
+        if self.proj_kind == 'class_groups':
+            return ClassGroupMean(self.num_goodness, num_classes)
         return nn.Linear(self.num_goodness, num_classes)
 
     def reset(self, num_classes: int):
