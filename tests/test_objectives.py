@@ -13,7 +13,7 @@ import timm
 import torch
 
 import timm_ff  # noqa: F401  (registers the models)
-from timm_ff import ConfigError, create_objective, list_objectives
+from timm_ff import ConfigError, create_objective, get_method, list_objectives
 from timm_ff.task import LocalTask
 
 OBJECTIVES = list_objectives()
@@ -23,6 +23,17 @@ LOCAL = [o for o in OBJECTIVES if create_objective(o).local]
 def _models_for(objective: str):
     """The small models each objective runs on: classic FF needs label_embed=True models."""
     return ('ff_cnn_s', 'ff_mlp') if objective == 'ff' else ('dtgff_cnn_s', 'dtgff_mlp')
+
+
+# model kwargs an objective needs beyond the defaults: cwcomp reads logits from K equal channel groups (K = 8 divides
+# the default widths)
+_MODEL_KWARGS = {'cwcomp': dict(get_method('cwcomp').model_kwargs, num_classes=8)}
+
+
+def _create(objective: str, model_name: str):
+    """The model ``objective`` trains, with its training-only modules added as train_ff.py adds them."""
+    model = timm.create_model(model_name, **_MODEL_KWARGS.get(objective, {}))
+    return create_objective(objective).prepare_model(model)
 
 
 CASES = [(o, m) for o in OBJECTIVES for m in _models_for(o)]
@@ -68,14 +79,14 @@ def _has_grad(p) -> bool:
 
 def test_registry():
     assert set(OBJECTIVES) >= {'dtg', 'ff', 'bp', 'bp_deepsup'}
-    assert set(LOCAL) == {'dtg', 'ff'}
+    assert {'dtg', 'ff'} <= set(LOCAL) and not {'bp', 'bp_deepsup'} & set(LOCAL)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize('objective,model_name', CASES)
 def test_objective_step_finite(objective, model_name):
     obj = create_objective(objective)
-    model = timm.create_model(model_name).train()
+    model = _create(objective, model_name).train()
     obj.check_model(model)
     x, y = _batch(model)
     result, calls = _step(model, obj, x, y)
@@ -97,7 +108,7 @@ def test_objective_step_finite(objective, model_name):
 def test_find_unused_parameters_is_honest(objective, model_name):
     """DDP's find_unused_parameters flag matches which parameters actually get no gradient."""
     obj = create_objective(objective)
-    model = timm.create_model(model_name).train()
+    model = _create(objective, model_name).train()
     x, y = _batch(model)
     _step(model, obj, x, y)
     unused = [n for n, p in model.named_parameters() if p.grad is None]
@@ -121,7 +132,7 @@ def test_objective_learns(objective):
     """Loss falls on a fixed tiny batch (16 random 1x28x28 inputs, fixed labels) in 25 Adam steps."""
     model_name = _models_for(objective)[1]  # the MLP: fast
     obj = create_objective(objective)
-    model = timm.create_model(model_name).train()
+    model = _create(objective, model_name).train()
     x, y = _batch(model, b=16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -139,7 +150,7 @@ def test_objective_learns(objective):
 @pytest.mark.parametrize('objective,model_name', LOCAL_CASES)
 def test_local_loss_reaches_only_its_unit(objective, model_name):
     obj = create_objective(objective)
-    base = timm.create_model(model_name).train()
+    base = _create(objective, model_name).train()
     units = base.local_units()
     n = len(units)
     learned_fusion = any(p.requires_grad for p in base.fusion.parameters())
@@ -165,7 +176,7 @@ def test_local_loss_reaches_only_its_unit(objective, model_name):
 def test_unit_gradient_independent_of_other_losses(objective, model_name):
     """Unit k's gradient in a summed step equals its gradient from its own loss alone."""
     obj = create_objective(objective)
-    base = timm.create_model(model_name).train()
+    base = _create(objective, model_name).train()
     x, y = _batch(base)
     summed = copy.deepcopy(base)
     _step(summed, obj, x, y, mode='summed')
@@ -185,7 +196,7 @@ def test_unit_gradient_independent_of_other_losses(objective, model_name):
 @pytest.mark.parametrize('objective,model_name', LOCAL_CASES)
 def test_summed_and_per_unit_agree(objective, model_name):
     obj = create_objective(objective)
-    a = timm.create_model(model_name).train()
+    a = _create(objective, model_name).train()
     b = copy.deepcopy(a)  # dynamic temperature and BN buffers change on every forward
     x, y = _batch(a)
     ra, calls_a = _step(a, obj, x, y, mode='summed')
@@ -273,7 +284,7 @@ def test_check_model_rejects_mismatch(objective):
     obj = create_objective(objective)
     good, _ = _models_for(objective)
     bad = 'dtgff_cnn_s' if objective == 'ff' else 'ff_cnn_s'
-    obj.check_model(timm.create_model(good))
+    obj.check_model(_create(objective, good))
     with pytest.raises(ConfigError, match='label_embed') as e:
         obj.check_model(timm.create_model(bad))
     assert objective in str(e.value)
