@@ -154,6 +154,10 @@ def restrict_optimizer(optimizer: torch.optim.Optimizer, params: Sequence[torch.
 def check_pipeline(*, stages: int, num_processes: int, num_units: int, objective, grad_accum_steps: int,
                    mixed_precision: str, data_pipeline: str) -> None:
     """The settings a pipeline run needs; each wrong one is one clear error naming it."""
+    if not objective.local and objective.nonlocal_setting:
+        raise ConfigError(f'--pipeline-stages: objective {objective.name!r} with {objective.nonlocal_setting} is not '
+                          'layer-local, and a forward-only pipeline sends no gradient back to the stage before; '
+                          f'allowed: {objective.name!r} without it (its default), or drop --pipeline-stages')
     if stages == 1 or num_processes == 1:
         raise ConfigError(f'--pipeline-stages {stages} needs one process per stage, but this run has {num_processes} '
                           f'process(es); launch with accelerate launch --multi_gpu --num_processes {max(stages, 2)} '

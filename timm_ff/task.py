@@ -1,7 +1,9 @@
 """Running the units of a model under an objective: the only place locality lives.
 
 For a local objective every unit receives its predecessor's output *detached*, so no gradient
-crosses a unit boundary. Two schedules give the same gradients:
+crosses a unit boundary (an objective says where it detaches: :meth:`Objective.detach_input`, e.g.
+Trifecta's overlapping updates, which let a unit's loss reach the unit before it). Two schedules give
+the same gradients:
 
 * ``summed``: all unit losses (and the fusion loss) are added and one backward runs. Every unit's
   graph is alive at the same time, so peak activation memory is about that of BP-DeepSup.
@@ -118,7 +120,7 @@ class LocalTask:
         """
         if mode not in LOCAL_BACKWARD_MODES:
             raise unknown_choice('local backward mode', mode, LOCAL_BACKWARD_MODES)
-        if mode == 'per_unit' and not objective.local:
+        if mode == 'per_unit' and not objective.per_unit_backward:
             raise unknown_choice(f"local backward mode for the end-to-end objective {objective.name!r}",
                                  mode, ['summed'])
         self.units = list(units)
@@ -130,6 +132,10 @@ class LocalTask:
         self.first = first_unit
         self.total = len(self.units) + first_unit if num_units is None else num_units
         self.micro_batches = check_micro_batches(micro_batches or {}, self.total, mode)
+        if any(m > 1 for m in self.micro_batches.values()) and not objective.local:
+            raise ConfigError(f'--unit-micro-batches backpropagates each chunk of a unit before the next unit runs, but '
+                              f'objective {objective.name!r} with {objective.nonlocal_setting} is not layer-local; '
+                              f'allowed: {objective.name!r} without it, or no --unit-micro-batches')
         self.collect_logits = self.fusion is not None if collect_logits is None else collect_logits
 
     def step(self, x: torch.Tensor, targets: torch.Tensor, backward: Callable[[torch.Tensor], None],
@@ -166,7 +172,7 @@ class LocalTask:
         pending, logits = [], list(logits)
         for i, unit in enumerate(self.units):
             u = self.first + i
-            if obj.local and u > 0:
+            if u > 0 and obj.detach_input(u):
                 state = detach_state(state)
             if self.micro_batches.get(u, 1) > 1:
                 state, loss, z = self._micro_unit(unit, u, state, targets, backward, autocast)
@@ -176,9 +182,9 @@ class LocalTask:
                     loss = obj.unit_loss(u, self.total, out, targets)
                 z = obj.unit_logits(out)
                 del out
-                if loss is not None and self.mode == 'per_unit':
+                if loss is not None and loss.requires_grad and self.mode == 'per_unit':
                     backward(loss)
-                elif loss is not None:
+                elif loss is not None and loss.requires_grad:
                     pending.append(loss)
             if z is not None and self.collect_logits:
                 logits.append(z.detach())
@@ -209,7 +215,8 @@ class LocalTask:
             del out
             if loss is not None:
                 loss = loss * (t.shape[0] / targets.shape[0])  # mean-reduced losses: the chunks sum to the batch's
-                backward(loss)
+                if loss.requires_grad:
+                    backward(loss)
                 losses.append(loss.detach().float())
             states.append(detach_state(out_state))
             zs.append(None if z is None else z.detach())

@@ -298,6 +298,8 @@ class LocalTrainer:
         accelerator.register_for_checkpointing(self.state)
         if scheduler is not None:
             accelerator.register_for_checkpointing(scheduler)
+        if objective.stateful:  # e.g. ff overlap's batch count, whose parity picks the units that have a loss
+            accelerator.register_for_checkpointing(objective)
 
     def _set_run_options(self, accelerator, model, objective, *, epochs: int, output_dir: Path,
                          clip_grad: Optional[float] = None, checkpoint_steps: int = 0, keep_checkpoints: int = 2,

@@ -115,6 +115,13 @@ def _data_line(info: Optional[Dict], dataset_id: Optional[str]) -> str:
     return '; '.join(parts)
 
 
+def _locality_line(local: bool) -> str:
+    """The card's locality line, from metrics.json's ``local``."""
+    if local:
+        return '- **Local:** `true` (no gradient crosses a unit boundary)'
+    return '- **Local:** `false` (not layer-local: gradients cross unit boundaries in training)'
+
+
 def _card_details(run: Path, cfg: Dict[str, Any], recipe: Dict, run_info: Dict, metrics: Dict) -> str:
     """The card's summary paragraph and "Model Details" list."""
     arch = cfg['architecture']
@@ -125,11 +132,14 @@ def _card_details(run: Path, cfg: Dict[str, Any], recipe: Dict, run_info: Dict, 
     data_source = _data_line(run_info.get('data'), dataset_id)
     size = cfg.get('pretrained_cfg', {}).get('input_size')
     return '\n'.join([
-        f'A `{arch}` image classifier trained layer-locally with the `{objective}` objective of timm_ff, '
+        f"A `{arch}` image classifier trained{'' if metrics.get('local') is False else ' layer-locally'} with the "
+        f'`{objective}` objective of timm_ff, '
         'a Forward-Forward plugin for timm.\n',
         '## Model Details\n',
         f'- **Architecture:** `{arch}` (`model_args` in config.json)',
         f'- **Objective:** {objective}',
+        *([f"- **Method:** {metrics['method']}"] if metrics.get('method') else []),
+        *([_locality_line(metrics['local'])] if isinstance(metrics.get('local'), bool) else []),
         f'- **Params (M):** {n_params / 1e6:.2f}',
         f'- **Classes:** {cfg.get("num_classes")}',
         f'- **Image size:** {" x ".join(str(s) for s in size[1:]) if size else "-"}',

@@ -26,11 +26,17 @@ class Objective:
         label_embed: True if the objective needs a classic-FF model (label in the input), False if
             it needs per-unit class heads, None if either works.
         find_unused_parameters: Whether some unit parameters get no gradient in a step (DDP must know).
+        nonlocal_setting: For an objective that is layer-local but for one of its settings, that setting (e.g.
+            ``ff``'s ``overlap=true``), so that errors about locality can name it; '' otherwise.
+        stateful: Whether the objective keeps state across steps that a resumed run needs
+            (``state_dict`` / ``load_state_dict``; the trainer saves it with every checkpoint).
     """
     name = ''
     local = True
     label_embed: Optional[bool] = False
     find_unused_parameters = False
+    nonlocal_setting = ''
+    stateful = False
 
     def check_model(self, model: nn.Module):
         """Raise a clear error if ``model`` cannot be trained with this objective."""
@@ -57,8 +63,24 @@ class Objective:
         return unit(state, with_logits=True)
 
     def unit_loss(self, u: int, num_units: int, out: Any, targets: torch.Tensor) -> Optional[torch.Tensor]:
-        """Loss of unit ``u`` (None if the unit has no loss of its own)."""
+        """Loss of unit ``u`` (None if the unit has no loss of its own).
+
+        A loss returned detached is recorded (and logged) but not backpropagated in this step.
+        """
         raise NotImplementedError
+
+    def detach_input(self, u: int) -> bool:
+        """Whether unit ``u`` (> 0) receives its predecessor's output detached in this step.
+
+        Every unit does for a layer-local objective, none for an end-to-end one.
+        """
+        return self.local
+
+    @property
+    def per_unit_backward(self) -> bool:
+        """Whether each unit's loss can be backpropagated as soon as it is computed (``per_unit`` mode): no loss
+        may reach a unit whose graph an earlier loss of the step has already been backpropagated through."""
+        return self.local
 
     def unit_logits(self, out: Any) -> Optional[torch.Tensor]:
         """(B, K) logits of the unit for fusion training, or None if the objective has none per pass."""

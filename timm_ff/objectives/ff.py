@@ -15,11 +15,24 @@ With ``per_location=True`` the loss is applied to each value of the unit's goodn
 a ``goodness='patch'`` grid, each channel of each cell for ``'grid'``) and averaged, instead of to
 their mean: every location must tell the true label from the wrong one on its own, and a location
 that already does stops pulling on the weights. Scoring is unchanged (the mean over the same values).
+
+``overlap=True`` is Trifecta's "overlapping local updates" (Dooms et al. 2023, The Trifecta: Three simple
+techniques for training deeper Forward-Forward networks; ``tdooms/trifecta``, ``main.py``, ``olu=True``, on by
+default there), and it makes the objective **not layer-local**. In each training batch only the units of one
+parity have a loss: the odd units on even batches, the even units on odd batches (the source's
+``should_detach``, with the batch count in place of its per-epoch batch index). A unit with a loss hands its
+output on detached; a unit without one hands it on attached, so the next unit's loss also updates it: unit u's
+loss reaches units u and u-1, never u-2. A unit's loss in a batch where it has none is still computed and
+logged, not backpropagated. The source gives each block an Adam optimiser over its own and its predecessor's
+parameters (two moment estimates for each block); here the run's one optimiser sees each parameter's gradient
+from whichever loss reached it in that batch. The batch count is saved with every checkpoint, so a resumed run
+keeps the parity. Off by default; ``--pipeline-stages`` and ``--unit-micro-batches`` refuse it.
 """
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, unknown_choice
+from ..methods import Method, register_method
 from ._base import Objective, register_objective
 
 FF_LOSSES = ('threshold', 'symba')
@@ -34,7 +47,7 @@ class FFObjective(Objective):
     label_embed = True
 
     def __init__(self, threshold: float = 1.0, neg_weight: float = 1.0, loss: str = 'symba', alpha: float = 4.0,
-                 passes: str = 'joint', per_location: bool = False):
+                 passes: str = 'joint', per_location: bool = False, overlap: bool = False):
         """
         Args:
             threshold: theta, in units of the model's goodness (mean of squares by default).
@@ -47,6 +60,8 @@ class FFObjective(Objective):
                 or 'separate' (two forward calls).
             per_location: Apply the loss to each value of the goodness vector (each location of a
                 model with ``goodness='patch'`` or ``'grid'``) instead of to their mean.
+            overlap: Trifecta's overlapping local updates (not layer-local: a unit's loss also updates the
+                unit before it, see the module docstring).
         """
         if loss not in FF_LOSSES:
             raise unknown_choice('ff loss', loss, FF_LOSSES)
@@ -54,6 +69,17 @@ class FFObjective(Objective):
             raise unknown_choice('ff passes', passes, FF_PASSES)
         if not isinstance(per_location, bool):
             raise ConfigError(f'ff per_location must be true or false, got {per_location!r}')
+        if not isinstance(overlap, bool):
+            raise ConfigError(f'ff overlap must be true or false, got {overlap!r}')
+        self.overlap = overlap
+        if overlap:
+            self.local = False
+            self.find_unused_parameters = True  # the last unit has no loss in every other batch
+            self.stateful = True
+            self.nonlocal_setting = ("overlap=true (Trifecta's overlapping local updates: a unit's loss also "
+                                     'updates the unit before it)')
+        self._batches = 0  # training batches seen; with overlap their parity picks the units that have a loss
+        self._odd = False
         self.passes = passes
         self.per_location = per_location
         self.threshold = threshold
@@ -70,7 +96,27 @@ class FFObjective(Objective):
                               f"is {mode!r}; pass e.g. --model-kwargs '{{\"goodness\": \"patch\", "
                               f"\"goodness_patches\": 4}}'")
 
+    def trains(self, u: int) -> bool:
+        """Whether unit ``u``'s loss is backpropagated in the current batch (always, unless ``overlap``)."""
+        return not self.overlap or (u % 2 == 0) == self._odd
+
+    def detach_input(self, u):
+        return self.trains(u - 1)
+
+    @property
+    def per_unit_backward(self):
+        return True  # with overlap a loss reaches the unit before it only when that unit has no loss of its own
+
+    def state_dict(self) -> dict:
+        return dict(batches=self._batches)
+
+    def load_state_dict(self, state: dict):
+        self._batches = int(state['batches'])
+
     def init_state(self, x, targets, num_classes):
+        if self.overlap:
+            self._odd = self._batches % 2 == 1
+            self._batches += 1
         offset = torch.randint(1, num_classes, targets.shape, device=targets.device)
         negatives = (targets + offset) % num_classes
         return dict(pos=x, neg=x, pos_labels=targets, neg_labels=negatives)
@@ -91,8 +137,21 @@ class FFObjective(Objective):
     def unit_loss(self, u, num_units, out, targets):
         gp, gn = out[0].float(), out[1].float()
         if self.loss == 'symba':
-            return F.softplus(self.alpha * (gn - gp)).mean()
-        return (F.softplus(self.threshold - gp) + self.neg_weight * F.softplus(gn - self.threshold)).mean()
+            loss = F.softplus(self.alpha * (gn - gp)).mean()
+        else:
+            loss = (F.softplus(self.threshold - gp) + self.neg_weight * F.softplus(gn - self.threshold)).mean()
+        return loss if self.trains(u) else loss.detach()
 
     def unit_logits(self, out):
         return None
+
+
+register_method(Method(
+    'trifecta_olu', 'ff',
+    paper='Dooms et al. 2023, The Trifecta: Three simple techniques for training deeper Forward-Forward networks',
+    source='tdooms/trifecta, main.py', objective_kwargs=dict(overlap=True), model_kwargs=dict(label_code='plane'),
+    local=False, label_in_input=True, negatives=True, model_family='label',
+    from_source="overlapping local updates (olu=True, which alternates by batch parity), SymBa's alpha=4, the "
+                "learned label plane, BatchNorm over one batch of positives and negatives; not the source's: one "
+                "optimiser for all units, prediction by the mean of the units and the fusion check (the source scores "
+                "the last block only: fusion='last')"))
