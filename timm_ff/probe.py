@@ -28,7 +28,7 @@ def freeze_for_linear_probe(model: nn.Module) -> List[str]:
 
     Raises:
         ConfigError: For a classic FF model (its labels enter at the input: nothing to probe on
-            frozen features), a model without classes, or one whose head projections are fixed.
+            frozen features), a model without classes, or one whose head projections have nothing to train.
     """
     if getattr(model, 'label_embed_enabled', False):
         raise ConfigError('--linear-probe needs a model with class heads (label_embed=False, e.g. dtgff_cnn_s): '
@@ -42,8 +42,8 @@ def freeze_for_linear_probe(model: nn.Module) -> List[str]:
         if keep:
             trainable.append(name)
     if not any('.head.proj.' in n for n in trainable):
-        raise ConfigError("--linear-probe: the head projections are fixed (head_proj='fixed'), so there is no "
-                          'classifier to train')
+        raise ConfigError("--linear-probe: the head projections have nothing to train (head_proj='fixed' or "
+                          "'class_groups'), so there is no classifier to train")
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.register_forward_pre_hook(_keep_eval)

@@ -131,7 +131,9 @@ class ClassGroupMean(nn.Module):
     blocks of the goodness vector.
 
     On per-channel goodness (``goodness='channel'``) that is the energy (mean square over the block's channels and
-    positions) of the k-th group of C / K channels: CwComp's class logit (Papachristodoulou et al. 2024).
+    positions) of the k-th group of C / K channels: CwComp's class logit (Papachristodoulou et al. 2024). A registered
+    goodness mode's vector is split the same way (DeeperForward's ``'relu_mean'`` with one group per class gives K
+    values, each its class's logit).
     """
 
     def __init__(self, in_features: int, out_features: int):
@@ -192,8 +194,9 @@ class GoodnessHead(nn.Module):
             raise unknown_choice('head norm', norm, HEAD_NORMS)
         if mode not in list_goodness():
             raise unknown_choice('goodness mode', mode, list_goodness())
-        if proj == 'class_groups' and mode != 'channel':
-            raise unknown_choice("goodness mode for head_proj='class_groups' (one energy per channel)", mode, ('channel',))
+        if proj == 'class_groups' and mode not in ('channel', *_USER_GOODNESS):  # a registered mode's own values
+            raise unknown_choice("goodness mode for head_proj='class_groups' (one energy per channel)", mode,
+                                 ('channel', *_USER_GOODNESS))
         if not spatial and mode not in ('channel', *_USER_GOODNESS):
             raise unknown_choice('goodness mode for a non-spatial (MLP) unit', mode, ('channel',))
         self.mode, self.groups, self.patches, self.reduce = mode, groups, patches, reduce

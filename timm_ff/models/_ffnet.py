@@ -57,7 +57,7 @@ FF_KWARGS = dict(
     t_max=4.0,  # upper bound of the dynamic temperature
     t_init=1.0,  # initial (and, for 'fixed', constant) temperature
     t_momentum=0.9,  # EMA momentum of the temperature history
-    unit_norm='layernorm',  # norm of the tensor handed to the next unit: 'layernorm', 'length', 'batchnorm', 'none'
+    unit_norm='layernorm',  # norm of the tensor handed to the next unit: 'layernorm', 'length', 'batchnorm', 'groupnorm', 'none'
     decoupled=True,  # goodness from the raw activation (True) or from the handed-on normalised one
     fusion='learned',  # 'learned' weights, 'mean' of units, or 'last' unit only
     fuse_last=0,  # M: fuse the last M units (0: all)
@@ -297,7 +297,8 @@ class FFNet(nn.Module):
             units.append(LocalUnit(
                 body=body,
                 head=self._make_head(c, self._unit_patches[u], self._feat_sides[u], self._unit_heads[u]),
-                in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial) if u > 0 else None,
+                in_norm=create_unit_norm(cfg['unit_norm'], chs[u - 1], spatial, cfg['goodness_groups'])
+                if u > 0 else None,
                 stem=stem if u == 0 else None,
                 label_embed=self._make_label_embed(stem if u == 0 else None, chs[u - 1] if u > 0 else 0),
                 spatial=spatial,
@@ -318,7 +319,8 @@ class FFNet(nn.Module):
             if cfg['temperature'] == 'dynamic':
                 t_kwargs.update(t_min=cfg['t_min'], t_max=cfg['t_max'], momentum=cfg['t_momentum'])
             temp = create_temperature(cfg['temperature'], **t_kwargs)
-        coupled = None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial)
+        coupled = None if cfg['decoupled'] else create_unit_norm(cfg['unit_norm'], chs, self.spatial,
+                                                                 cfg['goodness_groups'])
         if head != 'goodness':
             trunk = create_head_trunk(head, chs, feat_side, **cfg['head_kwargs'])
             return ClassHead(trunk, self.num_classes, temperature=temp, coupled_norm=coupled)
