@@ -167,7 +167,8 @@ class LocalUnit(nn.Module):
         self.decoder: Optional[nn.Module] = None  # training-only (timm_ff.objectives.recon), never saved
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, with_logits: bool = False,
-                goodness_vector: bool = False, reconstruct: Optional[Sequence[int]] = None):
+                goodness_vector: bool = False, reconstruct: Optional[Sequence[int]] = None,
+                readout_rows: Optional[int] = None):
         """Raw activation of this unit; with ``with_logits`` also the head output.
 
         Args:
@@ -179,6 +180,8 @@ class LocalUnit(nn.Module):
                 (one energy per cell / channel group, before it is reduced or mapped to logits).
             reconstruct: With ``with_logits``, also return the decoder's (B, C, H, W) reconstruction logits of
                 the input image at this (H, W) size, read from this unit's output (a training-only decoder).
+            readout_rows: With ``with_logits``, the head reads only the first ``readout_rows`` samples, detached: a
+                readout fitted on features its loss cannot change (SCFF's class heads).
         """
         x = self.in_norm(x)
         if labels is None or (self.label_embed is None and self.stem is None):
@@ -194,6 +197,8 @@ class LocalUnit(nn.Module):
         # a body may hand on one tensor and read its goodness from another (a ResNet block's branch)
         h, tap = h if isinstance(h, tuple) else (h, h)
         if with_logits:
+            if readout_rows is not None:
+                tap = tap[:readout_rows].detach()
             out = self.head.goodness(tap) if goodness_vector else self.head(tap)
             if reconstruct is not None:
                 if self.decoder is None:
