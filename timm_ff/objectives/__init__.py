@@ -2,3 +2,4 @@
 from ._base import Objective, create_objective, list_objectives, register_objective
 from . import bp, bp_deepsup, dtg, ff  # noqa: F401  (registration)
 from . import cwcomp, predsim  # noqa: F401  (registration)
+from . import deeperforward, scff  # noqa: F401  (registration)
