@@ -214,6 +214,12 @@ def test_ff_switch(model_name, key, value):
         with pytest.raises(ConfigError, match="fusion='learned'"):
             timm.create_model(model_name, **{key: value})
         extra = dict(fusion='mean')
+    if key == 'head_proj' and value == 'class_groups':
+        # class k's logit is the energy of the k-th of K channel groups: every width a multiple of K, one value per channel
+        with pytest.raises(ConfigError, match='class_groups'):
+            timm.create_model(model_name, **{key: value})
+        widths = [20, 40, 60, 80]
+        extra = dict(goodness='channel', **({'widths': widths} if model_name in NON_SPATIAL else {'channels': widths}))
     model = timm.create_model(model_name, **{key: value}, **extra).train()
     assert model.model_args[key] == value and model.ff_cfg[key] == value
     objective = create_objective('ff' if model.label_embed_enabled else 'dtg')
