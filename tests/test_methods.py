@@ -51,3 +51,21 @@ def test_method_preset_under_command_line_flags(tmp_path):
     assert recipe['method'] == 'infopro' and recipe['objective'] == 'dtg' and recipe['objective_kwargs'] == {'recon': [5.0, 0.0]}
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['local'] is True and metrics['method'] == 'infopro'
+
+
+def test_bench_methods_plans_each_method_on_the_right_model():
+    """bench_methods.py: label-in-input methods train the classic-FF twin; channel-group methods widen to multiples of K."""
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    import bench_methods
+    assert bench_methods.run_plan(get_method('dtg'), 'dtgff_cnn_s', 10) == ('dtgff_cnn_s', {})
+    assert bench_methods.run_plan(get_method('ff'), 'dtgff_resnet18', 10) == ('ff_resnet18', {})
+    model, extra = bench_methods.run_plan(get_method('cwcomp'), 'dtgff_cnn_s', 10)
+    assert model == 'dtgff_cnn_s' and extra == {'channels': [40, 70, 130, 260]}
+    summary = bench_methods.summarise([
+        dict(accuracy=50.0, unit_accuracy=[40.0, 50.0], train_images_per_s=10.0, peak_memory_mb=100, memory_kind='rss'),
+        dict(accuracy=54.0, unit_accuracy=[42.0, 54.0], train_images_per_s=12.0, peak_memory_mb=120, memory_kind='rss')])
+    assert summary['accuracy_mean'] == 52.0 and summary['accuracy_spread'] == 4.0
+    assert summary['unit_accuracy_mean'] == [41.0, 52.0] and summary['peak_memory_mb_max'] == 120
+    bad = subprocess.run([sys.executable, str(REPO / 'benchmarks/bench_methods.py'), '--budget', 'huge'], cwd=REPO,
+                         env=env(), capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: unknown --budget 'huge'; allowed: cnn, resnet18"
