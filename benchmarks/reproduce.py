@@ -177,9 +177,10 @@ TABLES = {
         'gpu': [run(f'{HUB_R18} --objectives dtg bp_deepsup --data-dir {{data}} '
                     f'--name cifar10_resnet18_{name}_gpu --extra {SUMMED} {extra}')
                 for name, extra in SCREENS.items()]}),
-    'resnet18_full': ('the named ResNets on all of CIFAR-10: dtgff_resnet18 (dtg, bp_deepsup), ff_resnet18', {
+    'resnet18_full': ('the named ResNets on all of CIFAR-10: dtgff_resnet18 (dtg, bp_deepsup, bp), ff_resnet18', {
         'cpu': [run(f'{R18_FULL} --objectives dtg bp_deepsup --jobs 2 --threads 1 '
                     '--name cifar10_resnet18_full_cpu --data-dir {data}'),
+                run(f'{R18_FULL} --objectives bp --threads 1 --name cifar10_resnet18_full_bp_cpu --data-dir {{data}}'),
                 run(f'{R18_FULL} --objectives ff@ff_resnet18 --threads 1 --name cifar10_resnet18_full_ff_cpu '
                     '--data-dir {data} --extra --epochs 1')],
         'gpu': [run(f'{HUB_R18} --objectives dtg bp_deepsup bp --data-dir {{data}} '

@@ -257,6 +257,6 @@ def test_gpu_day_keeps_its_deadline(tmp_path):
     assert [s['name'] for s in summary['steps']] == STEPS
     assert {s['status'] for s in summary['steps']} <= {'ok', 'timed_out', 'skipped'}
     assert any(s['status'] != 'ok' for s in summary['steps'] if s['name'] != 'pipeline')
-    assert summary['wall_s'] < 0.35 * 60
+    assert summary['wall_s'] < 0.35 * 60 + 30  # the deadline, plus slack for killing a child on a loaded machine
     skipped = [s for s in summary['steps'] if s['status'] == 'skipped' and s['name'] != 'pipeline']
     assert all(s['reason'].startswith('not started: it needs ~') for s in skipped)
