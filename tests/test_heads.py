@@ -16,6 +16,7 @@ from timm_ff.layers.heads import pred_pool_size
 from timm_ff.task import LocalTask
 
 from _cli import assert_ok, run_train, weights
+from _locality import touched_per_backward
 
 
 @register_head('test_mean_mlp', spatial_only=False)
@@ -38,10 +39,6 @@ def tiny(head, **kwargs):
 def batch(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % 10
-
-
-def unit_of(name):
-    return int(name.split('.')[1]) if name.startswith('units.') else None
 
 
 def test_registry_lists_builtins_then_user_heads():
@@ -96,17 +93,9 @@ def test_no_gradient_crosses_a_unit(head, recon):
     model = tiny(head).train()
     obj = create_objective('dtg', **({'recon': recon} if recon else {}))
     obj.prepare_model(model)
-    touched = []
-
-    def backward(loss):
-        before = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-        loss.backward()
-        touched.append({unit_of(n) for n, p in model.named_parameters()
-                        if p.grad is not None and (before[n] is None or not torch.equal(before[n], p.grad))})
-
     x, y = batch()
-    LocalTask(model.local_units(), obj, 10, fusion=model.fusion, mode='per_unit').step(x, y, backward=backward)
-    assert touched == [{0}, {1}, {2}, {3}, {None}]  # then the fusion weights alone
+    touched = touched_per_backward(model, obj, x, y, 10)
+    assert touched == [{0}, {1}, {2}, {3}, {'fusion'}]  # then the fusion weights alone
 
 
 def test_decoder_reads_its_own_unit_output_only():

@@ -15,6 +15,7 @@ from timm_ff.pipeline import check_pipeline
 from timm_ff.task import LocalTask
 
 from _cli import assert_ok, run_train
+import _locality
 
 K = 10
 DF_TINY = dict(channels=(20, 20, 40, 40))  # DeeperForward: a multiple of K channels per unit
@@ -35,22 +36,8 @@ def build(method, model_name='dtgff_cnn_s', objective_kwargs=None, **kwargs):
     return model, obj
 
 
-def unit_of(name):
-    return int(name.split('.')[1]) if name.startswith('units.') else name.split('.')[0]
-
-
 def touched_per_backward(model, obj, x, y, mode='per_unit'):
-    """Run one step; for each backward call, the units (or 'fusion') whose parameter gradients it changed."""
-    touched = []
-
-    def backward(loss):
-        before = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-        loss.backward()
-        touched.append({unit_of(n) for n, p in model.named_parameters()
-                        if p.grad is not None and (before[n] is None or not torch.equal(before[n], p.grad))})
-
-    LocalTask(model.local_units(), obj, K, fusion=model.fusion, mode=mode).step(x, y, backward=backward)
-    return touched
+    return _locality.touched_per_backward(model, obj, x, y, K, mode)
 
 
 def grads(model):
