@@ -142,7 +142,7 @@ def main():
                    history_unit_accuracy=[h['unit_accuracy'] for h in m['history']])
         return method.name, run
 
-    jobs = [(m, s) for m in methods for s in args.seeds]
+    jobs = [(m, s) for s in args.seeds for m in methods]  # every method once before any twice: a stopped run still has one seed of each
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(train, jobs))
     result = dict(prov, budget=args.budget, recipe_path=str(recipe.relative_to(REPO)), recipe=recipe.read_text(),
