@@ -149,9 +149,11 @@ register_method(Method(
     source=_SOURCE, model_kwargs=dict(head='pred', temperature='fixed', t_init=1.0),
     objective_kwargs=dict(beta=0.99),
     from_source="beta=0.99; the pred head (pool to <= 4096 values, zero-initialised map); the 3x3 bias-free "
-                "similarity conv and the similarity matrix of per-channel standard deviations; plain CE (T = 1)"))
+                "similarity conv and the similarity matrix of per-channel standard deviations; plain CE (T = 1)",
+    published='94.42% (5.58% error): VGG8b, 8.9M parameters, 400 epochs (anokland/local-loss README)'))
 register_method(Method(
     'sim', 'sim', paper='Nøkland & Eidnes 2019, Training Neural Networks with Local Error Signals (sim loss)',
     source=_SOURCE, model_kwargs=dict(head='pred', temperature='fixed', t_init=1.0),
     from_source="the similarity loss and layer as in predsim; the heads are fitted on detached inputs, as the "
-                "source fits its final classifier; the pred head is this project's readout choice"))
+                "source fits its final classifier; the pred head is this project's readout choice",
+    published='92.84% (7.16% error): VGG8b, 400 epochs (anokland/local-loss README)'))
