@@ -2,18 +2,22 @@
 
     python benchmarks/bench_methods.py --budget cnn --seeds 0 1
     python benchmarks/bench_methods.py --budget resnet18 --seeds 0
+    python benchmarks/bench_methods.py --budget cnn --recipe hub_configs/dtgff_cnn_s.cifar10.yaml --name methods_cnn_gpu
 
 Each method (``timm_ff.methods``, ``train_ff.py --method NAME``) trains with the budget's recipe: one augmentation,
 optimiser, schedule and number of epochs for all; only what defines the method differs (its objective, heads and
 kwargs, from its source where they are part of the method). Methods of the 'label' family (classic FF: the label in
 the input) train the classic-FF twin of the recipe's model (``ff_cnn_s`` for ``dtgff_cnn_s``). Methods whose logits
 are the energies of K channel groups (CwComp, DeeperForward) need every unit's width to be a multiple of K: their
-runs widen each unit to the next multiple of K, which the result records (``model_kwargs_added``).
+runs widen each unit to the next multiple of K, which the result records (``model_kwargs_added``). ``--recipe PATH``
+trains with that recipe instead of the budget's (its model may carry a pretrained tag such as ``dtgff_cnn_s.cifar10``:
+the label twin gets the same tag); the result's ``recipe_path`` and ``recipe`` are the recipe used.
 
-Writes ``benchmarks/results/methods_<budget>_cpu.json`` (every run's metrics and command, each method's mean and
-spread over the seeds, its locality, whether the label is in the input, whether it uses negatives, its paper and
-source) and a PNG beside it: fused accuracy per method and per-unit accuracy curves. Runs that finished earlier
-(``benchmarks/runs/methods_<budget>-<method>-s<seed>/metrics.json``) are reused, so the benchmark can be resumed.
+Writes ``benchmarks/results/methods_<budget>_cpu.json`` (or ``<--name>.json``: every run's metrics and command, each
+method's mean and spread over the seeds, its locality, whether the label is in the input, whether it uses negatives,
+its paper and source) and a PNG beside it: fused accuracy per method and per-unit accuracy curves. Runs that
+finished earlier (``benchmarks/runs/<name>-<method>-s<seed>/metrics.json``) are reused, so the benchmark can be
+resumed.
 """
 import argparse
 import json
@@ -44,11 +48,12 @@ def recipe_model(recipe: Path) -> str:
 
 
 def run_plan(method, base_model: str, num_classes: int):
-    """(model, extra model kwargs) of one method's runs."""
-    model = LABEL_TWINS[base_model] if method.model_family == 'label' else base_model
+    """(model, extra model kwargs) of one method's runs; a pretrained tag of ``base_model`` is kept."""
+    arch, dot, tag = base_model.partition('.')
+    model = LABEL_TWINS[arch] + dot + tag if method.model_family == 'label' else base_model
     extra = {}
     if method.name in GROUPED:
-        extra['channels'] = [-(-c // num_classes) * num_classes for c in CHANNELS[base_model]]
+        extra['channels'] = [-(-c // num_classes) * num_classes for c in CHANNELS[arch]]
     return model, extra
 
 
@@ -92,6 +97,8 @@ def plot(result: dict, path: Path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--budget', default='cnn', help=f"one of {', '.join(BUDGETS)}")
+    p.add_argument('--recipe', default='', help="train_ff.py recipe used instead of the budget's (e.g. a hub_configs/ "
+                   'one); the budget still names the results file unless --name is given')
     p.add_argument('--methods', nargs='+', default=[], help='methods to run (default: every registered one)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     p.add_argument('--data-dir', default=str(REPO.parent / 'shared/data/cifar10-jpeg'),
@@ -114,8 +121,14 @@ def main():
         methods = [get_method(m) for m in (args.methods or list_methods())]
     except Exception as e:  # noqa: BLE001  (an unknown method: the registry's one line)
         raise SystemExit(f'error: {e}') from None
-    recipe = BUDGETS[args.budget]
+    recipe = Path(args.recipe).resolve() if args.recipe else BUDGETS[args.budget]
+    if not recipe.is_file():
+        raise SystemExit(f'error: --recipe {args.recipe!r} is not a file; pass a train_ff.py recipe '
+                         '(e.g. hub_configs/dtgff_cnn_s.cifar10.yaml)')
     base_model = recipe_model(recipe)
+    if base_model.partition('.')[0] not in LABEL_TWINS:
+        raise SystemExit(f"error: recipe {recipe} trains {base_model!r}; bench_methods.py plans runs for "
+                         f"{', '.join(LABEL_TWINS)} only")
     name = args.name or f'methods_{args.budget}_cpu'
     prov = provenance(args.seeds[0])
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -145,14 +158,15 @@ def main():
     jobs = [(m, s) for s in args.seeds for m in methods]  # every method once before any twice: a stopped run still has one seed of each
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(train, jobs))
-    result = dict(prov, budget=args.budget, recipe_path=str(recipe.relative_to(REPO)), recipe=recipe.read_text(),
+    recipe_path = str(recipe.relative_to(REPO)) if recipe.is_relative_to(REPO) else str(recipe)
+    result = dict(prov, budget=args.budget, recipe_path=recipe_path, recipe=recipe.read_text(),
                   base_model=base_model, threads_per_run=threads, methods={})
     for method in methods:
         runs = [r for n, r in done if n == method.name]
         result['methods'][method.name] = dict(
             objective=method.objective, local=all(r['local'] is not False for r in runs) and method.local,
             label_in_input=method.label_in_input, negatives=method.negatives, paper=method.paper, source=method.source,
-            from_source=method.from_source, runs=runs, summary=summarise(runs))
+            from_source=method.from_source, published=method.published, runs=runs, summary=summarise(runs))
     best = max(result['methods'], key=lambda m: result['methods'][m]['summary']['accuracy_mean'])
     best_local = max((m for m in result['methods'] if result['methods'][m]['local']),
                      key=lambda m: result['methods'][m]['summary']['accuracy_mean'], default=None)

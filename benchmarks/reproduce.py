@@ -73,8 +73,10 @@ def run(line: str, out: str | None = None, pin: str = '', data_flag: str | None 
 GAP = 'benchmarks/bench_cifar10_gap.py'
 R18 = f'{GAP} --recipe benchmarks/recipes/cifar10_resnet18_cpu.yaml'
 R18_FULL = f'{GAP} --recipe benchmarks/recipes/cifar10_resnet18_full_cpu.yaml'
+R18_BF16 = f'{GAP} --recipe benchmarks/recipes/cifar10_resnet18_bf16_cpu.yaml'
 HUB_CNN_S = 'hub_configs/dtgff_cnn_s.cifar10.yaml'
-HUB_R18 = f'{GAP} --recipe hub_configs/dtgff_resnet18.cifar10.yaml'
+HUB_RESNET18 = 'hub_configs/dtgff_resnet18.cifar10.yaml'
+HUB_R18 = f'{GAP} --recipe {HUB_RESNET18}'
 # that recipe streams units (per_unit), which the end-to-end objectives cannot: beside them every objective
 # takes one backward over all unit losses (the same gradients), as on the CPU recipes
 SUMMED = '--local-backward summed'
@@ -84,6 +86,19 @@ IMAGENET_STEM = """--model-kwargs '{"stem": "imagenet"}' --img-size 224 --batch-
 SCREENS = {'branch': """--model-kwargs '{"goodness_at": "branch"}'""",
            'stage': """--model-kwargs '{"unit_size": "stage"}'""",
            'deeplr': '--lr 4e-3 --layer-decay 0.9'}
+# the head screens of the bf16 ResNet-18 recipe: (name, objectives, train_ff.py flags); the goodness head is the
+# default, and its dtg run there is bf16_accuracy's seed 0 (that recipe in bf16); infopro's bp_deepsup was not run
+HEADS = (('resnet18_head_goodness', 'bp_deepsup', ''),
+         ('resnet18_head_pred', 'dtg bp_deepsup', """--model-kwargs '{"head": "pred"}'"""),
+         ('resnet18_head_dgl', 'dtg bp_deepsup', """--model-kwargs '{"head": "dgl"}'"""),
+         ('resnet18_head_infopro', 'dtg', """--model-kwargs '{"head": "infopro"}'"""),
+         ('resnet18_recon', 'dtg', """--objective-kwargs '{"recon": [5, 0]}'"""),
+         ('cifar10_resnet18_8ep', 'dtg bp_deepsup', '--epochs 8'))
+# on the GPU recipe (all of CIFAR-10, 100 epochs) the goodness head under dtg and bp_deepsup is resnet18_full's
+# cifar10_resnet18_full_gpu, and what the 8-epoch run asks (a budget longer than 3 epochs) is that recipe itself:
+# neither is run again; each of these files' own command made all of its runs
+HEADS_GPU = [(name, objectives, flags) for name, objectives, flags in HEADS
+             if name not in ('resnet18_head_goodness', 'cifar10_resnet18_8ep')]
 
 CLASSIC_CPU = {  # label: (run folder, train_ff.py arguments, arguments pinning what was the default then)
     'ff_mlp_mnist_20ep': ('benchmarks/runs/classic_ff/ff_mlp_mnist_20ep',
@@ -140,6 +155,7 @@ HALF = 'benchmarks/bench_half_weights.py'
 TRANSFER = ('benchmarks/bench_transfer.py --transfer-runs probe_ff_pretrained probe_random_init '
             'finetune_ff_pretrained')
 THROUGHPUT = 'benchmarks/bench_throughput.py'
+METHODS = 'benchmarks/bench_methods.py'
 
 # table -> (what it measures, {budget: its commands, or why it has no form on that budget})
 TABLES = {
@@ -187,6 +203,13 @@ TABLES = {
                     f'--name cifar10_resnet18_full_gpu --extra {SUMMED}'),
                 run(f'{GAP} --recipe hub_configs/ff_resnet18.cifar10.yaml --objectives ff '
                     '--data-dir {data} --name cifar10_resnet18_full_ff_gpu')]}),
+    'resnet18_heads': ('dtgff_resnet18 heads (goodness, pred, dgl, infopro), recon term, 8 epochs; bf16 recipe', {
+        'cpu': [run(f'{R18_BF16} --objectives {objectives} --threads 1 --name {name}_cpu --data-dir {{data}}'
+                    + (f' --extra {flags}' if flags else ''))
+                for name, objectives, flags in HEADS],
+        'gpu': [run(f'{HUB_R18} --objectives {objectives} --name {name}_gpu --data-dir {{data}} '
+                    f'--extra {SUMMED} --mixed-precision bf16 {flags}')
+                for name, objectives, flags in HEADS_GPU]}),
     'half_weights': ("resnet18_full's dtg weights stored in float16: test accuracy (after resnet18_full)", {
         'cpu': [run(f'{HALF} benchmarks/runs/cifar10_resnet18_full_cpu-dtg --data-dir {{data}} '
                     '--write /tmp/half/dtgff_resnet18.cifar10.safetensors '
@@ -218,6 +241,14 @@ TABLES = {
         'cpu': [run('benchmarks/bench_coarse_fine.py', 'coarse_fine_cpu', data_flag='--cifar10-dir')],
         'gpu': [run('benchmarks/bench_coarse_fine.py --epochs 20 --name coarse_fine_gpu',
                     data_flag='--cifar10-dir')]}),
+    'methods': ('every registered local-learning method under one recipe: fused and per-unit top-1, img/s, memory', {
+        'cpu': [run(f'{METHODS} --budget cnn --seeds 0 1 --jobs 2 --threads 1 --data-dir {{data}}', 'methods_cnn_cpu'),
+                run(f'{METHODS} --budget resnet18 --seeds 0 --jobs 2 --threads 1 --data-dir {{data}}',
+                    'methods_resnet18_cpu')],
+        'gpu': [run(f'{METHODS} --budget cnn --recipe {HUB_CNN_S} --seeds 0 1 --name methods_cnn_gpu '
+                    '--data-dir {data} --extra --mixed-precision bf16'),
+                run(f'{METHODS} --budget resnet18 --recipe {HUB_RESNET18} --seeds 0 --name methods_resnet18_gpu '
+                    f'--data-dir {{data}} --extra {SUMMED} --mixed-precision bf16')]}),
     'throughput': ('training img/s, layer-local vs end to end; the data path alone; trainer overhead', {
         'cpu': [run(THROUGHPUT, 'throughput_cpu', data_flag='--data-dir')],
         'gpu': [run(f'{THROUGHPUT} --mixed-precision bf16 --compile --name throughput_gpu',
@@ -344,6 +375,8 @@ def main(argv=None) -> int:
         if args.dry_run:
             commit = recorded_commit(out) if out and args.budget == 'cpu' else ''
             made = f' (the committed one: commit {commit})' if commit else ''
+            if out and args.budget == 'cpu' and not (RESULTS / f'{out}.json').is_file():
+                made = ' (not committed yet)'
             print(f'# writes benchmarks/results/{out}.json{made}' if out else '# a run recorded further down')
             print(show(cmd))
             continue
