@@ -435,6 +435,75 @@ def render_throughput(result: dict) -> Rendered:
                     f"{result.get('mixed_precision')}{against}.", body + leftovers(result, used))
 
 
+# bench_methods.py: every local-learning rule under one recipe
+
+def methods_ranked(result: dict) -> list:
+    """Method names, best fused top-1 (mean over seeds) first."""
+    return sorted(result['methods'], key=lambda m: -result['methods'][m]['summary']['accuracy_mean'])
+
+
+def method_source(m: dict) -> str:
+    """The paper's short name and a link to the code it follows."""
+    paper = m.get('paper', '').split(',')[0]
+    repo = m.get('source', '').split(',')[0].split(' ')[0]
+    return paper + (f'; [{repo}](https://github.com/{repo})' if '/' in repo else '')
+
+
+def methods_budget(result: dict) -> str:
+    """``<images>k x <epochs>`` from a run's optimiser steps and the recorded recipe's batch size."""
+    try:
+        batch = int(re.search(r'(?m)^batch_size:\s*(\d+)', result.get('recipe', '')).group(1))
+    except AttributeError:
+        return 'unknown'
+    run = next(r for m in result['methods'].values() for r in m['runs'])
+    return f"{run['global_step'] * batch / run['epochs_run'] / 1000:.1f}k x {run['epochs_run']}"
+
+
+def methods_verdict(result: dict) -> list:
+    """Bullets: the best method, the best strictly-local one and where ``dtg`` stands against them, in pp."""
+    ms, ranked = result['methods'], methods_ranked(result)
+    acc = {m: ms[m]['summary']['accuracy_mean'] for m in ranked}
+    local = [m for m in ranked if ms[m]['local']]
+    best = ranked[0]
+    out = [f"- best: {code(best)} {pct(acc[best])}" + ('' if ms[best]['local'] else ' (not layer-local)')]
+    if 'dtg' in acc and local:
+        if local[0] == 'dtg' and len(local) > 1:
+            out.append(f"- best strictly-local: DTG-FF ({code('dtg')}) {pct(acc['dtg'])}, {pp(acc['dtg'] - acc[local[1]])} "
+                       f"pp ahead of the next one, {code(local[1])} {pct(acc[local[1]])}")
+        elif local[0] != 'dtg':
+            out.append(f"- best strictly-local: {code(local[0])} {pct(acc[local[0]])}, {pp(acc[local[0]] - acc['dtg'])} pp "
+                       f"ahead of DTG-FF ({code('dtg')}, {pct(acc['dtg'])})")
+        for ref in ('bp_deepsup', 'bp'):
+            if ref in acc:
+                out.append(f"- {code('dtg')} minus {code(ref)}: {pp(acc['dtg'] - acc[ref])} pp")
+    widened = {m: r['model_kwargs_added'] for m in ranked for r in ms[m]['runs'][:1] if r.get('model_kwargs_added')}
+    for m, kwargs in widened.items():
+        out.append(f"- {code(m)} trained with {code(json.dumps(kwargs, separators=(', ', ': ')))} (channel groups "
+                   'of K classes need widths that are multiples of K)')
+    return out
+
+
+def render_methods(result: dict) -> Rendered:
+    ms = result['methods']
+    rows = []
+    for m in methods_ranked(result):
+        r, s = ms[m], ms[m]['summary']
+        rows.append([code(m), code(r['objective']), 'yes' if r['local'] else '**no**',
+                     'yes' if r['label_in_input'] else 'no', 'yes' if r['negatives'] else 'no',
+                     pct(s['accuracy_mean']), pp(s['accuracy_spread']),
+                     ' / '.join(pct(run['accuracy']) for run in r['runs']), units(s['unit_accuracy_mean']),
+                     rate(s['train_images_per_s_mean']), mb(s['peak_memory_mb_max']), r.get('published', '')])
+    headers = ['method', 'objective', 'strictly local', 'label in input', 'negatives', 'fused top-1 (mean)',
+               'spread (pp)', 'per seed', 'units (mean)', 'img/s', 'peak MB', 'published (its network, budget)']
+    what = (f"Every registered method (`train_ff.py --method`) on {code(result['base_model'])}'s recipe "
+            f"{code(result['recipe_path'])} ({methods_budget(result)} images x epochs, "
+            f"{plural(result.get('threads_per_run'), 'thread')} per run): fused and per-unit test top-1 (mean over "
+            'seeds), training img/s and peak memory (compare within this table only). Published figures are at '
+            "their papers' networks and budgets: not reproductions.")
+    used = ('methods', 'recipe', 'recipe_path', 'base_model', 'threads_per_run', 'budget', 'best', 'best_local')
+    return Rendered(what, table(headers, rows) + [''] + methods_verdict(result) + leftovers(result, used))
+
+
 # the fallback
 
 def _flatten(value, prefix: str = ''):
@@ -486,6 +555,7 @@ RENDERERS = [
     Family('head_cost*.json', 'Systems: memory and speed', render_head_cost),
     Family('models*.json', 'Systems: memory and speed', render_models),
     Family('first_command*.json', 'The first command', render_first_command),
+    Family('methods_*.json', 'Local learning rules under one recipe', render_methods),
 ]
 GENERIC = Family('*', 'Other results', render_generic)
 

@@ -47,6 +47,12 @@ def recipe_model(recipe: Path) -> str:
     raise SystemExit(f'error: recipe {recipe} names no model')
 
 
+def in_repo(path: Path) -> str:
+    """``path`` relative to the repository root (the runs' working folder) where it lies inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def run_plan(method, base_model: str, num_classes: int):
     """(model, extra model kwargs) of one method's runs; a pretrained tag of ``base_model`` is kept."""
     arch, dot, tag = base_model.partition('.')
@@ -137,8 +143,9 @@ def main():
         method, seed = job
         model, extra = run_plan(method, base_model, 10)
         out = Path(args.runs_dir) / f'{name}-{method.name}-s{seed}'
-        cmd = [sys.executable, str(REPO / 'train_ff.py'), '-c', str(recipe), '--method', method.name, '--model', model,
-               *(['--data-dir', args.data_dir] if args.data_dir else []), '--seed', str(seed), '--output', str(out), '--no-progress', *args.extra]
+        cmd = [sys.executable, 'train_ff.py', '-c', in_repo(recipe), '--method', method.name, '--model', model,
+               *(['--data-dir', args.data_dir] if args.data_dir else []), '--seed', str(seed), '--output', in_repo(out),
+               '--no-progress', *args.extra]
         if extra:
             cmd += ['--model-kwargs', json.dumps({**method.model_kwargs, **extra})]
         if not (out / 'metrics.json').exists():
@@ -149,18 +156,17 @@ def main():
         m = json.loads((out / 'metrics.json').read_text())
         run = {k: m.get(k) for k in ('accuracy', 'unit_accuracy', 'train_images_per_s', 'peak_memory_mb', 'memory_kind',
                                      'epochs_run', 'global_step', 'wall_time_s', 'local')}
+        info = json.loads((out / 'run_info.json').read_text())
         run.update(seed=seed, model=model, model_kwargs_added=extra,
-                   train_command=json.loads((out / 'run_info.json').read_text())['command'],
-                   run_commit=json.loads((out / 'run_info.json').read_text())['git_commit'],
+                   train_command=info['command'].replace(f'{REPO}/', ''), run_commit=info['git_commit'],
                    history_unit_accuracy=[h['unit_accuracy'] for h in m['history']])
         return method.name, run
 
-    jobs = [(m, s) for s in args.seeds for m in methods]  # every method once before any twice: a stopped run still has one seed of each
+    jobs = [(m, s) for s in args.seeds for m in methods]  # each method's first seed first: a stopped run has one of each
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(train, jobs))
-    recipe_path = str(recipe.relative_to(REPO)) if recipe.is_relative_to(REPO) else str(recipe)
-    result = dict(prov, budget=args.budget, recipe_path=recipe_path, recipe=recipe.read_text(),
-                  base_model=base_model, threads_per_run=threads, methods={})
+    result = dict(prov, budget=args.budget, recipe_path=in_repo(recipe), recipe=recipe.read_text(),
+                  base_model=base_model, jobs=args.jobs, threads_per_run=threads, methods={})
     for method in methods:
         runs = [r for n, r in done if n == method.name]
         result['methods'][method.name] = dict(

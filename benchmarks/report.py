@@ -1,6 +1,6 @@
-"""Render docs/results.md and the README's headline table from the committed results files.
+"""Render docs/results.md and the README's headline and methods tables from the committed results files.
 
-    python benchmarks/report.py           # write docs/results.md and the block between README.md's report markers
+    python benchmarks/report.py           # write docs/results.md and the blocks between README.md's report markers
     python benchmarks/report.py --check   # write nothing; exit 1 with a unified diff where either differs
 
 Every ``benchmarks/results/*.json`` that git tracks becomes one section of docs/results.md (the renderers are in
@@ -31,7 +31,24 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report_tables import GENERIC, RENDERERS, code, pct, plural, pp, quote_json, render, table  # noqa: E402
+from _report_tables import (  # noqa: E402
+    GENERIC,
+    RENDERERS,
+    code,
+    mb,
+    method_source,
+    methods_budget,
+    methods_ranked,
+    methods_verdict,
+    pct,
+    plural,
+    pp,
+    quote_json,
+    rate,
+    render,
+    table,
+    units,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / 'benchmarks/results'
@@ -39,6 +56,9 @@ DOC = REPO / 'docs/results.md'
 README = REPO / 'README.md'
 CACHE = REPO / 'benchmarks/runs/report_cache'
 BEGIN, END = '<!-- report:headline:begin -->', '<!-- report:headline:end -->'
+METHODS_BEGIN, METHODS_END = '<!-- report:methods:begin -->', '<!-- report:methods:end -->'
+# The README's methods tables: bench_methods.py's results file per budget, with the words that name the budget.
+METHODS = {'methods_cnn_cpu.json': 'A 4-unit CNN', 'methods_resnet18_cpu.json': 'ResNet-18'}
 
 # The README's headline table. Per model of the mission: its own objective, the (model, objective) its gap is taken
 # to, and the results files of its full-data recipes. A file whose runs are keyed by objective maps to None; otherwise
@@ -571,12 +591,51 @@ def render_headline(results: dict, stats: dict, repo: Repo) -> str:
     return '\n'.join([BEGIN, *table(headers, rows), '', note, END])
 
 
-def replace_block(text: str, block: str) -> str | None:
-    """``text`` with its headline block replaced by ``block``; None when the markers are missing or out of order."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
+# the README's methods tables
+
+def render_methods_block(results: dict, stats: dict) -> str:
+    """Per budget of :data:`METHODS`: every method's fused top-1, per-unit curve, cost, locality and source."""
+    out = [METHODS_BEGIN]
+    for file, label in METHODS.items():
+        result = results.get(file)
+        if not result or not isinstance(result.get('methods'), dict):
+            out += [f'**{label}**: not measured yet (`python benchmarks/reproduce.py methods` writes `{file}`).', '']
+            continue
+        ms, st = result['methods'], stats[file]
+        marks = ', '.join((['stale'] if st.stale else []) + (['uncommitted tree'] if st.dirty else []))
+        seeds = max(m['summary']['seeds'] for m in ms.values())
+        png = RESULTS / file.replace('.json', '.png')
+        out += [f"**{label}** ({code(result['base_model'])}'s recipe `{result['recipe_path']}`: "
+                f"{methods_budget(result)} images x epochs, {plural(seeds, 'seed')}; "
+                f"[`{file}`](benchmarks/results/{file})"
+                + (f', per-unit curves [`{png.name}`](benchmarks/results/{png.name})' if png.is_file() else '')
+                + (f'; [{marks}](docs/results.md#{_anchor(file)})' if marks else '') + '):', '']
+        rows = []
+        for name in methods_ranked(result):
+            m, sm = ms[name], ms[name]['summary']
+            spread = f" ± {pp(sm['accuracy_spread'] / 2)}" if sm['seeds'] > 1 else ''
+            rows.append([code(name), 'yes' if m['local'] else '**no**', 'yes' if m['label_in_input'] else 'no',
+                         'yes' if m['negatives'] else 'no', f"{pct(sm['accuracy_mean'])}{spread}",
+                         units(sm['unit_accuracy_mean']), rate(sm['train_images_per_s_mean']),
+                         mb(sm['peak_memory_mb_max']), m.get('published', ''), method_source(m)])
+        spread_header = 'fused top-1 (mean ± half the spread)'
+        out += table(['method', 'strictly local', 'label in input', 'negatives', spread_header, 'units (mean)',
+                      'img/s', 'peak MB', 'published (its network, budget)', 'source'], rows)
+        out += [''] + methods_verdict(result) + ['']
+    out.append("img/s and peak memory compare within one table only (runs trained side by side on one machine: "
+               "[docs/results.md](docs/results.md) names it). A published figure is at its paper's network and "
+               "budget (100-400 epochs), so it is context, not a claim of reproduction. Rendered by "
+               "`python benchmarks/report.py` (do not edit between the markers).")
+    return '\n'.join(out + [METHODS_END])
+
+
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str | None:
+    """``text`` with the block between ``begin`` and ``end`` replaced by ``block``; None when those markers are
+    missing or out of order."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
         return None
-    return text[:start] + block + text[end + len(END):]
+    return text[:start] + block + text[stop + len(end):]
 
 
 def _diff(old: str, new: str, name: str) -> str:
@@ -587,7 +646,7 @@ def _diff(old: str, new: str, name: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--check', action='store_true', help='write nothing; exit 1 with a unified diff if '
-                   'docs/results.md or the README headline block differ from the rendering')
+                   "docs/results.md or the README's rendered blocks differ from the rendering")
     args = p.parse_args(argv)
     repo = Repo()
     results = load_results(RESULTS)
@@ -598,6 +657,12 @@ def main(argv=None) -> int:
     if readme is None:
         print(f'error: {README.name} has no {BEGIN} ... {END} markers: its headline table is not rendered',
               file=sys.stderr)
+    else:
+        with_methods = replace_block(readme, render_methods_block(results, stats), METHODS_BEGIN, METHODS_END)
+        if with_methods is None:
+            print(f'error: {README.name} has no {METHODS_BEGIN} ... {METHODS_END} markers: its methods tables are '
+                  'not rendered', file=sys.stderr)
+        readme = with_methods or readme
     old_doc = DOC.read_text() if DOC.is_file() else ''
     if args.check:
         drift = _diff(old_doc, doc, 'docs/results.md') + (_diff(readme_text, readme, README.name) if readme else '')
@@ -611,7 +676,7 @@ def main(argv=None) -> int:
     print(f'wrote {DOC}')
     if readme is not None and readme != readme_text:
         README.write_text(readme)
-        print(f'wrote the headline block of {README}')
+        print(f'wrote the rendered blocks of {README}')
     return 0
 
 

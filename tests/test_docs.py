@@ -32,7 +32,8 @@ DOCS = [p for p in sorted((REPO / 'docs').glob('*.md')) if p.resolve() not in GE
 PAGES = [README, *DOCS]
 HEADLINE = ('<!-- report:headline:begin -->', '<!-- report:headline:end -->')
 README_SECTIONS = ('## Set up', '## Quickstart in Python', '## Quickstart on the command line', '## Results',
-                   '## Models', '## Documentation')
+                   '## Local learning rules under one recipe', '## Models', '## Documentation')
+METHODS_BLOCK = ('<!-- report:methods:begin -->', '<!-- report:methods:end -->')
 FENCE = re.compile(r'^```([\w-]*)\n(.*?)^```', re.DOTALL | re.MULTILINE)
 INLINE_CODE = re.compile(r'`([^`\n]+)`')
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')
@@ -78,6 +79,9 @@ def test_readme_is_a_front_page_in_the_agreed_order():
     block = text(README).split(HEADLINE[0])[1].split(HEADLINE[1])[0]
     assert text(README).index(HEADLINE[0]) > positions[README_SECTIONS.index('## Results')]
     assert block.strip().startswith('|'), 'the headline block holds one table'
+    assert [text(README).count(m) for m in METHODS_BLOCK] == [1, 1], 'the methods block needs one pair of markers'
+    section = README_SECTIONS.index('## Local learning rules under one recipe')
+    assert positions[section] < text(README).index(METHODS_BLOCK[0]) < positions[section + 1]
 
 
 def test_every_docs_page_is_reachable_from_the_readme():

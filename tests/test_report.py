@@ -257,3 +257,58 @@ def test_check_reports_drift_and_write_fills_the_block(tmp_path, monkeypatch, ca
     capsys.readouterr()
     assert report.main(['--check']) == 1
     assert '-edited by hand' in capsys.readouterr().out
+
+
+def methods_result(**methods):
+    """A results file of bench_methods.py's shape: {name: (local, [accuracy per seed])}."""
+    def method(local, accs, **kw):
+        runs = [dict(accuracy=a, unit_accuracy=[a - 10.0, a], epochs_run=5, global_step=7420, seed=s,
+                     train_images_per_s=500.0 + s, peak_memory_mb=1200.0 + s, model_kwargs_added={})
+                for s, a in enumerate(accs)]
+        return dict(objective='dtg', local=local, label_in_input=False, negatives=False, paper='Someone et al. 2020, A',
+                    source='owner/repo, train.py', published='90.00%: a bigger net, 400 epochs', runs=runs,
+                    summary=dict(accuracy_mean=sum(accs) / len(accs), accuracy_spread=max(accs) - min(accs),
+                                 seeds=len(accs), unit_accuracy_mean=[sum(accs) / len(accs) - 10.0,
+                                                                      sum(accs) / len(accs)],
+                                 train_images_per_s_mean=500.5, peak_memory_mb_max=1201.0), **kw)
+    return dict(command='python benchmarks/bench_methods.py --budget cnn', git_commit=COMMIT, git_dirty=False,
+                seed=0, date_utc='2026-01-02T03:04:05Z', budget='cnn', base_model='dtgff_cnn_s',
+                recipe_path='benchmarks/recipes/cifar10_cnn_s_cpu.yaml', recipe='model: dtgff_cnn_s\nbatch_size: 32\n',
+                jobs=2, threads_per_run=1, best='x', best_local='y',
+                methods={name: method(local, accs) for name, (local, accs) in methods.items()})
+
+
+def test_the_methods_table_ranks_methods_and_says_where_dtg_stands():
+    result = methods_result(dtg=(True, [78.0, 79.0]), predsim=(True, [75.0, 76.0]),
+                            bp_deepsup=(False, [81.0, 82.0]))
+    family, rendered = tables.render('methods_cnn_cpu.json', result)
+    assert family.render is tables.render_methods
+    text = '\n'.join(rendered.body)
+    rows = [line for line in rendered.body if line.startswith('| `')]
+    assert [r.split(' | ')[0] for r in rows] == ['| `bp_deepsup`', '| `dtg`', '| `predsim`']  # best first
+    assert '| `dtg` | `dtg` | yes | no | no | 78.50% | 1.00 | 78.00% / 79.00% | 68.5 / 78.5 | 500 | 1201 |' in text
+    assert '| `bp_deepsup` | `dtg` | **no** |' in text
+    assert '- best: `bp_deepsup` 81.50% (not layer-local)' in text
+    assert '- best strictly-local: DTG-FF (`dtg`) 78.50%, 3.00 pp ahead of the next one, `predsim` 75.50%' in text
+    assert '- `dtg` minus `bp_deepsup`: -3.00 pp' in text
+    assert '47.5k x 5 images x epochs' in rendered.description
+    better = methods_result(dtg=(True, [70.0]), dgl=(True, [72.5]))
+    text = '\n'.join(tables.render('methods_cnn_cpu.json', better)[1].body)
+    assert '- best strictly-local: `dgl` 72.50%, 2.50 pp ahead of DTG-FF (`dtg`, 70.00%)' in text
+
+
+def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing():
+    results = {'methods_cnn_cpu.json': methods_result(dtg=(True, [78.0, 79.0]), bp=(False, [80.0, 80.0]))}
+    stats = {'methods_cnn_cpu.json': report.Status(stale=['recipe changed'])}
+    block = report.render_methods_block(results, stats)
+    assert block.startswith(report.METHODS_BEGIN) and block.endswith(report.METHODS_END)
+    assert ("**A 4-unit CNN** (`dtgff_cnn_s`'s recipe `benchmarks/recipes/cifar10_cnn_s_cpu.yaml`: 47.5k x 5 images "
+            'x epochs, 2 seeds; [`methods_cnn_cpu.json`](benchmarks/results/methods_cnn_cpu.json); '
+            '[stale](docs/results.md#methods_cnn_cpu)):') in block
+    assert ('| `dtg` | yes | no | no | 78.50% ± 0.50 | 68.5 / 78.5 | 500 | 1201 | 90.00%: a bigger net, 400 epochs | '
+            'Someone et al. 2020; [owner/repo](https://github.com/owner/repo) |') in block
+    assert '| `bp` | **no** |' in block and '- `dtg` minus `bp`: -1.50 pp' in block
+    assert '**ResNet-18**: not measured yet (`python benchmarks/reproduce.py methods` writes' in block
+    text = f'a\n{report.BEGIN}\nx\n{report.END}\n{report.METHODS_BEGIN}\nold\n{report.METHODS_END}\nb\n'
+    new = report.replace_block(text, block, report.METHODS_BEGIN, report.METHODS_END)
+    assert new == f'a\n{report.BEGIN}\nx\n{report.END}\n{block}\nb\n'
