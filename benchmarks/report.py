@@ -62,15 +62,16 @@ METHODS = {'methods_cnn_cpu.json': 'A 4-unit CNN', 'methods_resnet18_cpu.json': 
 
 # The README's headline table. Per model of the mission: its own objective, the (model, objective) its gap is taken
 # to, and the results files of its full-data recipes. A file whose runs are keyed by objective maps to None; otherwise
-# the map names the objective of each run that counts. Each cell is the best fused top-1 of that model and objective
+# the map names the objective of each run (or, in a bench_methods.py file, each method's runs) that counts. Each cell is the best fused top-1 of that model and objective
 # among these files, preferring results that are neither stale nor from an uncommitted tree.
 HEADLINE = {
     'dtgff_cnn_s': {'objective': 'dtg', 'gap_to': ('dtgff_cnn_s', 'bp_deepsup'), 'files': {
-        'cifar10_gap_cpu.json': None, 'cifar10_gap_seed0_cpu.json': None, 'cifar10_gap_seed1_cpu.json': None}},
+        'cifar10_gap_cpu.json': None, 'cifar10_gap_seed0_cpu.json': None, 'cifar10_gap_seed1_cpu.json': None,
+        'methods_cnn_cpu.json': {'dtg': 'dtg', 'bp_deepsup': 'bp_deepsup', 'bp': 'bp'}}},
     'dtgff_resnet18': {'objective': 'dtg', 'gap_to': ('dtgff_resnet18', 'bp_deepsup'), 'files': {
         'cifar10_resnet18_full_cpu.json': None, 'cifar10_resnet18_full_bp_cpu.json': None}},
     'ff_cnn_s': {'objective': 'ff', 'gap_to': ('dtgff_cnn_s', 'dtg'), 'files': {
-        'classic_ff_cpu.json': {'ff_cnn_s_cifar10_5ep': 'ff'}}},
+        'classic_ff_cpu.json': {'ff_cnn_s_cifar10_5ep': 'ff'}, 'methods_cnn_cpu.json': {'ff': 'ff'}}},
     'ff_resnet18': {'objective': 'ff', 'gap_to': ('dtgff_resnet18', 'dtg'), 'files': {
         'cifar10_resnet18_full_ff_cpu.json': None}},
 }
@@ -357,6 +358,15 @@ def trained_models(result: dict, recipes: dict, archs) -> set:
     return found
 
 
+def keyed_runs(result: dict) -> list:
+    """``(key, run)`` pairs: a ``runs`` dict's items, or every seed's run of a bench_methods.py file keyed by its
+    method."""
+    if isinstance(result.get('runs'), dict):
+        return list(result['runs'].items())
+    methods = result.get('methods') if isinstance(result.get('methods'), dict) else {}
+    return [(name, r) for name, m in methods.items() if isinstance(m, dict) for r in m.get('runs') or []]
+
+
 def status(result: dict, repo: Repo, archs) -> Status:
     """The stale and uncommitted-tree marks of one result (its model kwargs must be cached: see :func:`statuses`)."""
     commit, out = result.get('git_commit', ''), Status()
@@ -392,9 +402,9 @@ def status(result: dict, repo: Repo, archs) -> Status:
     if result.get('git_dirty'):
         files = ': ' + ', '.join(map(code, result['dirty_files'])) if result.get('dirty_files') else ''
         out.dirty.append(f'measured on an uncommitted tree (changes on top of `{short}`{files})')
-    runs = result.get('runs') if isinstance(result.get('runs'), dict) else {}
-    dirty_runs = [name for name, r in runs.items()
-                  if isinstance(r, dict) and str(r.get('run_commit') or r.get('git_commit') or '').endswith('-dirty')]
+    dirty_runs = list(dict.fromkeys(
+        name for name, r in keyed_runs(result)
+        if isinstance(r, dict) and str(r.get('run_commit') or r.get('git_commit') or '').endswith('-dirty')))
     if dirty_runs:
         out.dirty.append(f"{plural(len(dirty_runs), 'run')} trained on an uncommitted tree: "
                          f"{', '.join(map(code, dirty_runs))}")
@@ -545,10 +555,8 @@ def headline_cells(results: dict, stats: dict, repo: Repo) -> dict:
     for model, spec in HEADLINE.items():
         for file, objective_of in spec['files'].items():
             result = results.get(file, {})
-            if not isinstance(result.get('runs'), dict):
-                continue
             recipes = recipes_at(result, repo)
-            for key, run in result['runs'].items():
+            for key, run in keyed_runs(result):
                 objective = key if objective_of is None else objective_of.get(key)
                 if objective is None or not isinstance(run, dict) or run.get('accuracy') is None:
                     continue

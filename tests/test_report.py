@@ -312,3 +312,20 @@ def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing():
     text = f'a\n{report.BEGIN}\nx\n{report.END}\n{report.METHODS_BEGIN}\nold\n{report.METHODS_END}\nb\n'
     new = report.replace_block(text, block, report.METHODS_BEGIN, report.METHODS_END)
     assert new == f'a\n{report.BEGIN}\nx\n{report.END}\n{block}\nb\n'
+
+
+def test_the_headline_reads_a_methods_file_by_method_name(monkeypatch):
+    monkeypatch.setattr(report, 'HEADLINE', {
+        'dtgff_cnn_s': {'objective': 'dtg', 'gap_to': ('dtgff_cnn_s', 'bp_deepsup'),
+                        'files': {'methods_cnn_cpu.json': {'dtg': 'dtg', 'bp_deepsup': 'bp_deepsup'}}}})
+    result = methods_result(dtg=(True, [78.0, 79.0]), bp_deepsup=(False, [81.0, 80.0]), dgl=(True, [90.0]))
+    for m in result['methods'].values():
+        for r in m['runs']:
+            r['train_command'] = 'train_ff.py -c benchmarks/recipes/cifar10_cnn_s_cpu.yaml --model dtgff_cnn_s'
+    result['methods']['dtg']['runs'][1]['run_commit'] = COMMIT + '-dirty'
+    results, stats = {'methods_cnn_cpu.json': result}, {'methods_cnn_cpu.json': report.Status()}
+    cells = report.headline_cells(results, stats, FakeRepo())
+    assert cells[('dtgff_cnn_s', 'dtg')].accuracy == 79.0 and cells[('dtgff_cnn_s', 'bp_deepsup')].accuracy == 81.0
+    assert ('dtgff_cnn_s', 'dgl') not in cells  # only the mapped methods count
+    assert cells[('dtgff_cnn_s', 'dtg')].budget == '47.5k x 5'
+    assert status(result).dirty == ['1 run trained on an uncommitted tree: `dtg`']
