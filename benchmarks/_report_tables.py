@@ -467,12 +467,14 @@ def methods_verdict(result: dict) -> list:
     best = ranked[0]
     out = [f"- best: {code(best)} {pct(acc[best])}" + ('' if ms[best]['local'] else ' (not layer-local)')]
     if 'dtg' in acc and local:
-        if local[0] == 'dtg' and len(local) > 1:
-            out.append(f"- best strictly-local: DTG-FF ({code('dtg')}) {pct(acc['dtg'])}, {pp(acc['dtg'] - acc[local[1]])} "
-                       f"pp ahead of the next one, {code(local[1])} {pct(acc[local[1]])}")
-        elif local[0] != 'dtg':
-            out.append(f"- best strictly-local: {code(local[0])} {pct(acc[local[0]])}, {pp(acc[local[0]] - acc['dtg'])} pp "
-                       f"ahead of DTG-FF ({code('dtg')}, {pct(acc['dtg'])})")
+        top, dtg = local[0], acc['dtg']
+        if top == 'dtg' and len(local) > 1:
+            nxt = local[1]
+            out.append(f"- best strictly-local: DTG-FF ({code('dtg')}) {pct(dtg)}, {pp(dtg - acc[nxt])} pp ahead of "
+                       f'the next one, {code(nxt)} {pct(acc[nxt])}')
+        elif top != 'dtg':
+            out.append(f"- best strictly-local: {code(top)} {pct(acc[top])}, {pp(acc[top] - dtg)} pp ahead of DTG-FF "
+                       f"({code('dtg')}, {pct(dtg)})")
         for ref in ('bp_deepsup', 'bp'):
             if ref in acc:
                 out.append(f"- {code('dtg')} minus {code(ref)}: {pp(acc['dtg'] - acc[ref])} pp")
@@ -500,8 +502,12 @@ def render_methods(result: dict) -> Rendered:
             f"{plural(result.get('threads_per_run'), 'thread')} per run): fused and per-unit test top-1 (mean over "
             'seeds), training img/s and peak memory (compare within this table only). Published figures are at '
             "their papers' networks and budgets: not reproductions.")
-    used = ('methods', 'recipe', 'recipe_path', 'base_model', 'threads_per_run', 'budget', 'best', 'best_local')
-    return Rendered(what, table(headers, rows) + [''] + methods_verdict(result) + leftovers(result, used))
+    missing = result.get('missing_runs') or []
+    notes = methods_verdict(result) + ([f"- not finished when the file was written: {', '.join(missing)}"]
+                                       if missing else [])
+    used = ('methods', 'recipe', 'recipe_path', 'base_model', 'threads_per_run', 'budget', 'best', 'best_local',
+            'missing_runs', 'seeds')
+    return Rendered(what, table(headers, rows) + [''] + notes + leftovers(result, used))
 
 
 # the fallback

@@ -17,7 +17,8 @@ Writes ``benchmarks/results/methods_<budget>_cpu.json`` (or ``<--name>.json``: e
 method's mean and spread over the seeds, its locality, whether the label is in the input, whether it uses negatives,
 its paper and source) and a PNG beside it: fused accuracy per method and per-unit accuracy curves. Runs that
 finished earlier (``benchmarks/runs/<name>-<method>-s<seed>/metrics.json``) are reused, so the benchmark can be
-resumed.
+resumed; ``--no-train`` writes the file from the finished runs alone, each method with the seeds it has, and lists
+the runs that did not finish (``missing_runs``).
 """
 import argparse
 import json
@@ -114,6 +115,8 @@ def main():
     p.add_argument('--threads', type=int, default=0, help='threads per run (0: cores/jobs)')
     p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs'))
     p.add_argument('--name', default='', help='results name (default: methods_<budget>_cpu)')
+    p.add_argument('--no-train', action='store_true', help='train nothing: write the results file from the runs that '
+                   'finished (a stopped benchmark); the runs not finished are listed in it as missing_runs')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[], help='extra train_ff.py flags for every run')
     args = p.parse_args()
     import timm_ff  # noqa: F401  (registers the methods)
@@ -149,6 +152,8 @@ def main():
         if extra:
             cmd += ['--model-kwargs', json.dumps({**method.model_kwargs, **extra})]
         if not (out / 'metrics.json').exists():
+            if args.no_train:
+                return method.name, None
             if (out / 'checkpoints').is_dir():
                 cmd += ['--resume', str(out)]
             print('$', ' '.join(cmd), flush=True)
@@ -162,13 +167,17 @@ def main():
                    history_unit_accuracy=[h['unit_accuracy'] for h in m['history']])
         return method.name, run
 
-    jobs = [(m, s) for s in args.seeds for m in methods]  # each method's first seed first: a stopped run has one of each
+    jobs = [(m, s) for s in args.seeds for m in methods]  # first seeds first: a stopped run has one of each
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(train, jobs))
+    missing = [f'{m.name} seed {seed}' for (m, seed), (_, r) in zip(jobs, done) if r is None]
     result = dict(prov, budget=args.budget, recipe_path=in_repo(recipe), recipe=recipe.read_text(),
-                  base_model=base_model, jobs=args.jobs, threads_per_run=threads, methods={})
+                  base_model=base_model, jobs=args.jobs, threads_per_run=threads, seeds=args.seeds,
+                  missing_runs=missing, methods={})
     for method in methods:
-        runs = [r for n, r in done if n == method.name]
+        runs = [r for n, r in done if n == method.name and r is not None]
+        if not runs:
+            continue
         result['methods'][method.name] = dict(
             objective=method.objective, local=all(r['local'] is not False for r in runs) and method.local,
             label_in_input=method.label_in_input, negatives=method.negatives, paper=method.paper, source=method.source,
@@ -183,6 +192,8 @@ def main():
         s = r['summary']
         print(f"{m:14s} {'local' if r['local'] else 'NOT local':9s} {s['accuracy_mean']:6.2f}% (spread "
               f"{s['accuracy_spread']:.2f}, {s['seeds']} seeds)  {s['train_images_per_s_mean']:.0f} img/s")
+    if missing:
+        print(f"not finished (missing_runs): {', '.join(missing)}")
     print(f'-> {path}')
 
 

@@ -611,10 +611,10 @@ def render_methods_block(results: dict, stats: dict) -> str:
             continue
         ms, st = result['methods'], stats[file]
         marks = ', '.join((['stale'] if st.stale else []) + (['uncommitted tree'] if st.dirty else []))
-        seeds = max(m['summary']['seeds'] for m in ms.values())
+        seeds = '/'.join(map(str, sorted({m['summary']['seeds'] for m in ms.values()})))
         png = RESULTS / file.replace('.json', '.png')
         out += [f"**{label}** ({code(result['base_model'])}'s recipe `{result['recipe_path']}`: "
-                f"{methods_budget(result)} images x epochs, {plural(seeds, 'seed')}; "
+                f"{methods_budget(result)} images x epochs, {seeds} seeds per method; "
                 f"[`{file}`](benchmarks/results/{file})"
                 + (f', per-unit curves [`{png.name}`](benchmarks/results/{png.name})' if png.is_file() else '')
                 + (f'; [{marks}](docs/results.md#{_anchor(file)})' if marks else '') + '):', '']
@@ -623,13 +623,16 @@ def render_methods_block(results: dict, stats: dict) -> str:
             m, sm = ms[name], ms[name]['summary']
             spread = f" ± {pp(sm['accuracy_spread'] / 2)}" if sm['seeds'] > 1 else ''
             rows.append([code(name), 'yes' if m['local'] else '**no**', 'yes' if m['label_in_input'] else 'no',
-                         'yes' if m['negatives'] else 'no', f"{pct(sm['accuracy_mean'])}{spread}",
+                         'yes' if m['negatives'] else 'no', f"{pct(sm['accuracy_mean'])}{spread}", sm['seeds'],
                          units(sm['unit_accuracy_mean']), rate(sm['train_images_per_s_mean']),
                          mb(sm['peak_memory_mb_max']), m.get('published', ''), method_source(m)])
         spread_header = 'fused top-1 (mean ± half the spread)'
-        out += table(['method', 'strictly local', 'label in input', 'negatives', spread_header, 'units (mean)',
-                      'img/s', 'peak MB', 'published (its network, budget)', 'source'], rows)
-        out += [''] + methods_verdict(result) + ['']
+        out += table(['method', 'strictly local', 'label in input', 'negatives', spread_header, 'seeds',
+                      'units (mean)', 'img/s', 'peak MB', 'published (its network, budget)', 'source'], rows)
+        missing = result.get('missing_runs') or []
+        out += [''] + methods_verdict(result)
+        out += [f"- not finished when the table was written: {', '.join(missing)}"] if missing else []
+        out += ['']
     out.append("img/s and peak memory compare within one table only (runs trained side by side on one machine: "
                "[docs/results.md](docs/results.md) names it). A published figure is at its paper's network and "
                "budget (100-400 epochs), so it is context, not a claim of reproduction. Rendered by "

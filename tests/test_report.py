@@ -303,11 +303,14 @@ def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing():
     block = report.render_methods_block(results, stats)
     assert block.startswith(report.METHODS_BEGIN) and block.endswith(report.METHODS_END)
     assert ("**A 4-unit CNN** (`dtgff_cnn_s`'s recipe `benchmarks/recipes/cifar10_cnn_s_cpu.yaml`: 47.5k x 5 images "
-            'x epochs, 2 seeds; [`methods_cnn_cpu.json`](benchmarks/results/methods_cnn_cpu.json); '
+            'x epochs, 2 seeds per method; [`methods_cnn_cpu.json`](benchmarks/results/methods_cnn_cpu.json); '
             '[stale](docs/results.md#methods_cnn_cpu)):') in block
-    assert ('| `dtg` | yes | no | no | 78.50% ± 0.50 | 68.5 / 78.5 | 500 | 1201 | 90.00%: a bigger net, 400 epochs | '
-            'Someone et al. 2020; [owner/repo](https://github.com/owner/repo) |') in block
+    assert ('| `dtg` | yes | no | no | 78.50% ± 0.50 | 2 | 68.5 / 78.5 | 500 | 1201 | 90.00%: a bigger net, '
+            '400 epochs | Someone et al. 2020; [owner/repo](https://github.com/owner/repo) |') in block
     assert '| `bp` | **no** |' in block and '- `dtg` minus `bp`: -1.50 pp' in block
+    assert '- not finished' not in block
+    results['methods_cnn_cpu.json']['missing_runs'] = ['bp seed 1']
+    assert '- not finished when the table was written: bp seed 1' in report.render_methods_block(results, stats)
     assert '**ResNet-18**: not measured yet (`python benchmarks/reproduce.py methods` writes' in block
     text = f'a\n{report.BEGIN}\nx\n{report.END}\n{report.METHODS_BEGIN}\nold\n{report.METHODS_END}\nb\n'
     new = report.replace_block(text, block, report.METHODS_BEGIN, report.METHODS_END)

@@ -244,6 +244,36 @@ def test_bench_methods_recipe_is_the_one_used_and_recorded(tmp_path, monkeypatch
 
 
 @pytest.mark.timeout(120)
+def test_bench_methods_no_train_writes_the_finished_runs_and_lists_the_rest(tmp_path, monkeypatch):
+    """A stopped benchmark: ``--no-train`` trains nothing, keeps each method's finished seeds, drops a method with
+    none and names every unfinished run."""
+    import bench_methods
+    runs = tmp_path / 'runs'
+    for method, seed, acc in (('dtg', 0, 70.0), ('dtg', 1, 72.0), ('ff', 0, 40.0)):
+        folder = runs / f'methods_cnn_cpu-{method}-s{seed}'
+        folder.mkdir(parents=True)
+        (folder / 'metrics.json').write_text(json.dumps({
+            'accuracy': acc, 'unit_accuracy': [acc - 5, acc], 'train_images_per_s': 1.0, 'peak_memory_mb': 1.0,
+            'memory_kind': 'rss', 'epochs_run': 1, 'global_step': 1, 'wall_time_s': 1.0, 'local': True,
+            'history': [{'unit_accuracy': [acc - 5, acc]}]}))
+        (folder / 'run_info.json').write_text(json.dumps({'command': f'{REPO}/train_ff.py -c x', 'git_commit': 'c'}))
+    (runs / 'methods_cnn_cpu-bp-s0' / 'checkpoints').mkdir(parents=True)  # started, not finished
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, 'argv', ['bench_methods.py', '--budget', 'cnn', '--methods', 'dtg', 'ff', 'bp',
+                                      '--seeds', '0', '1', '--data-dir', '', '--runs-dir', str(runs), '--out-dir',
+                                      str(tmp_path), '--no-train'])
+    bench_methods.main()
+    result = json.loads((tmp_path / 'methods_cnn_cpu.json').read_text())
+    assert list(result['methods']) == ['dtg', 'ff'] and result['seeds'] == [0, 1]
+    assert result['missing_runs'] == ['bp seed 0', 'ff seed 1', 'bp seed 1']
+    assert result['methods']['dtg']['summary']['accuracy_mean'] == 71.0
+    assert result['methods']['dtg']['summary']['accuracy_spread'] == 2.0
+    assert result['methods']['ff']['summary']['seeds'] == 1
+    assert result['methods']['dtg']['runs'][0]['train_command'] == 'train_ff.py -c x'  # relative to the repository
+    assert not (runs / 'methods_cnn_cpu-bp-s0' / 'metrics.json').exists()
+
+
+@pytest.mark.timeout(120)
 def test_bench_methods_recipe_that_is_not_a_file_is_one_line():
     proc = subprocess.run([sys.executable, str(BENCH / 'bench_methods.py'), '--recipe', 'no/such.yaml',
                            '--data-dir', ''], cwd=REPO, capture_output=True, text=True, timeout=100, check=False)
