@@ -134,6 +134,7 @@ def test_split_parsing_and_balancing():
     (dict(stages=5, num_processes=5), 'more than the model has units (4)'),
     (dict(objective='bp'), "objective 'bp' backpropagates end to end"),
     (dict(objective='bp_deepsup'), "objective 'bp_deepsup' backpropagates end to end"),
+    (dict(objective='bp', num_processes=1), "objective 'bp' backpropagates end to end"),  # before the launch advice
     (dict(data_pipeline='pil'), 'needs the batch-tensor data path'),
     (dict(grad_accum_steps=2), 'does not support --grad-accum-steps 2'),
 ])

@@ -158,6 +158,10 @@ def check_pipeline(*, stages: int, num_processes: int, num_units: int, objective
         raise ConfigError(f'--pipeline-stages: objective {objective.name!r} with {objective.nonlocal_setting} is not '
                           'layer-local, and a forward-only pipeline sends no gradient back to the stage before; '
                           f'allowed: {objective.name!r} without it (its default), or drop --pipeline-stages')
+    if not objective.local:  # first: no launch fixes it
+        raise ConfigError(f'--pipeline-stages: objective {objective.name!r} backpropagates end to end, so each unit '
+                          'needs a gradient from downstream, which a forward-only pipeline never sends; use a local '
+                          'objective (dtg, ff) or drop --pipeline-stages')
     if stages == 1 or num_processes == 1:
         raise ConfigError(f'--pipeline-stages {stages} needs one process per stage, but this run has {num_processes} '
                           f'process(es); launch with accelerate launch --multi_gpu --num_processes {max(stages, 2)} '
@@ -168,10 +172,6 @@ def check_pipeline(*, stages: int, num_processes: int, num_units: int, objective
     if stages > num_units:
         raise ConfigError(f'--pipeline-stages {stages} is more than the model has units ({num_units}); '
                           f'pick 2..{num_units}')
-    if not objective.local:
-        raise ConfigError(f'--pipeline-stages: objective {objective.name!r} backpropagates end to end, so each unit '
-                          'needs a gradient from downstream, which a forward-only pipeline never sends; use a local '
-                          'objective (dtg, ff) or drop --pipeline-stages')
     if grad_accum_steps != 1:
         raise ConfigError(f'--pipeline-stages does not support --grad-accum-steps {grad_accum_steps}; use 1 '
                           '(micro-batch a unit with --unit-micro-batches instead)')
