@@ -413,7 +413,8 @@ def render_throughput(result: dict) -> Rendered:
     keys = ('dtg_over_bp_deepsup', 'dtg_per_unit_over_bp_deepsup', 'dtg_over_bp', 'dtg_per_unit_over_bp',
             'data_path_over_dtg')
     ratio_rows = [[code(model), *(ratio(v.get(k)) for k in keys), pp(v.get('trainer_overhead_pct'))]
-                  for model, v in result.get('ratios', {}).items()]
+                  for model, v in result.get('ratios', {}).items()
+                  if any(v.get(k) is not None for k in (*keys, 'trainer_overhead_pct'))]  # --skip-trainer: none
     if ratio_rows:
         body += ([''] if body else []) + ['Ratios of img/s:', ''] + table(
             ['model', '`dtg` / `bp_deepsup`', '`dtg` per_unit / `bp_deepsup`', '`dtg` / `bp`',

@@ -188,6 +188,8 @@ def test_throughput_head_ratios_are_rendered():
     family, rendered = tables.render('throughput_heads_cpu.json', result)
     assert family.render is tables.render_throughput
     assert '| `dtgff_resnet18` | `pred` | `dtg` | 40.0 | 1.25x | 900 | 330k | 3 |' in rendered.body
+    skipped = dict(result, ratios={'dtgff_resnet18': {'dtg_over_bp': None, 'trainer_overhead_pct': None}})
+    assert 'Ratios of img/s:' not in tables.render('throughput_heads_cpu.json', skipped)[1].body  # --skip-trainer
 
 
 def test_the_headline_picks_the_best_current_number(monkeypatch):
@@ -297,7 +299,8 @@ def test_the_methods_table_ranks_methods_and_says_where_dtg_stands():
     assert '- best strictly-local: `dgl` 72.50%, 2.50 pp ahead of DTG-FF (`dtg`, 70.00%)' in text
 
 
-def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing():
+def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, 'RESULTS', tmp_path)  # no plot beside the file
     results = {'methods_cnn_cpu.json': methods_result(dtg=(True, [78.0, 79.0]), bp=(False, [80.0, 80.0]))}
     stats = {'methods_cnn_cpu.json': report.Status(stale=['recipe changed'])}
     block = report.render_methods_block(results, stats)
@@ -311,6 +314,10 @@ def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing():
     assert '- not finished' not in block
     results['methods_cnn_cpu.json']['missing_runs'] = ['bp seed 1']
     assert '- not finished when the table was written: bp seed 1' in report.render_methods_block(results, stats)
+    (tmp_path / 'methods_cnn_cpu.png').write_bytes(b'png')
+    assert ('; [`methods_cnn_cpu.json`](benchmarks/results/methods_cnn_cpu.json), per-unit curves '
+            '[`methods_cnn_cpu.png`](benchmarks/results/methods_cnn_cpu.png); [stale]') in report.render_methods_block(
+                results, stats)
     assert '**ResNet-18**: not measured yet (`python benchmarks/reproduce.py methods` writes' in block
     text = f'a\n{report.BEGIN}\nx\n{report.END}\n{report.METHODS_BEGIN}\nold\n{report.METHODS_END}\nb\n'
     new = report.replace_block(text, block, report.METHODS_BEGIN, report.METHODS_END)
