@@ -276,6 +276,11 @@ TABLES = {
     'heads': ('parameters and forward FLOPs of every registered head beside the backbone', {
         'cpu': [run('benchmarks/bench_head_cost.py', 'head_cost')],
         'gpu': 'parameter and FLOP counts do not depend on the machine'}),
+    'head_speed': ('dtgff_resnet18 training img/s and peak memory with each head, dtg and bp_deepsup, alternated', {
+        'cpu': [run(f'{THROUGHPUT} --models dtgff_resnet18 --heads linear pred dgl infopro --rounds 2 '
+                    '--skip-trainer --mixed-precision bf16 --name throughput_heads_cpu --data-dir {data}')],
+        'gpu': [run(f'{THROUGHPUT} --models dtgff_resnet18 --heads linear pred dgl infopro --rounds 3 '
+                    '--skip-trainer --mixed-precision bf16 --name throughput_heads_gpu', data_flag='--data-dir')]}),
     'first_command': ("the README's first set-up command from a fresh clone, timed", {
         'cpu': [run('benchmarks/bench_first_command.py', 'first_command_cpu')],
         'gpu': "the README's first command is the CPU set-up (a venv, the install, a CPU training run)"}),
