@@ -212,7 +212,7 @@ def test_setup_commands_are_the_ones_ci_and_the_first_command_benchmark_run():
     spec = importlib.util.spec_from_file_location('bench_first_command', REPO / 'benchmarks' / 'bench_first_command.py')
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.first_command(text(README)) == first
+    assert bench.first_command(text(README)) == first and bench.setup_command(text(README), 1) == tests
     assert first.startswith('python3 -m venv .venv && ') and 'accelerate launch train_ff.py' in first
     assert tests.startswith('python3 -m venv .venv && ') and tests.endswith('python -m pytest -q')
 
@@ -298,11 +298,12 @@ FIGURE = re.compile(r'\d+(?:\.\d+)?\s?(?:%|pp\b|img/s|MiB\b|GB\b)')
 
 
 def _allowed_figures_removed(page: Path) -> str:
-    """The page's prose without the blocks allowed to hold typed figures: the README's headline block (rendered by
-    benchmarks/report.py) and the classic-FF comparison with published results (each figure names its source)."""
+    """The page's prose without the blocks allowed to hold typed figures: the README's blocks rendered by
+    benchmarks/report.py (headline, methods) and the classic-FF comparison with published results (each figure names
+    its source)."""
     t = prose(page)
     if page == README:
-        t = t.split(HEADLINE[0])[0] + t.split(HEADLINE[1])[1]
+        t = re.sub(r'<!-- report:(\w+):begin -->.*?<!-- report:\1:end -->', '', t, flags=re.S)
         start = t.index('**What classic FF is for here.**')
         t = t[:start] + t[t.index('\n\n', start):]
     if page.name == 'objectives.md':
