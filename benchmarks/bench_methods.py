@@ -17,7 +17,9 @@ Writes ``benchmarks/results/methods_<budget>_cpu.json`` (or ``<--name>.json``: e
 method's mean and spread over the seeds, its locality, whether the label is in the input, whether it uses negatives,
 its paper and source) and a PNG beside it: fused accuracy per method and per-unit accuracy curves. Runs that
 finished earlier (``benchmarks/runs/<name>-<method>-s<seed>/metrics.json``) are reused, so the benchmark can be
-resumed; ``--no-train`` writes the file from the finished runs alone, each method with the seeds it has, and lists
+resumed, and so are the runs recorded in the results file it would overwrite where that file was trained with the same
+recipe text, data and extra flags (a fresh clone has the file but not the run folders: adding a seed does not
+re-train the others; each run keeps its own ``run_commit``). ``--no-train`` writes the file from the finished runs alone, each method with the seeds it has, and lists
 the runs that did not finish (``missing_runs``).
 """
 import argparse
@@ -62,6 +64,28 @@ def run_plan(method, base_model: str, num_classes: int):
     if method.name in GROUPED:
         extra['channels'] = [-(-c // num_classes) * num_classes for c in CHANNELS[arch]]
     return model, extra
+
+
+def recorded_runs(path: Path, recipe_text: str, data_dir: str, extra: list) -> dict:
+    """{(method, seed): run} of the results file at ``path`` where it was trained like this invocation would train.
+
+    A run is reused only if the file's recipe text is ``recipe_text`` and its train command read the same data folder
+    and ended with the same extra flags; anything else (no file, another recipe) reuses nothing.
+    """
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get('recipe') != recipe_text:
+        return {}
+    data = f' --data-dir {data_dir} ' if data_dir else ' --data-dir '
+    tail = ' '.join(['--no-progress', *extra])
+    out = {}
+    for method, entry in old.get('methods', {}).items():
+        for run in entry.get('runs', []):
+            cmd = run.get('train_command', '').split(' --resume ')[0].split(' --model-kwargs ')[0]
+            if cmd.endswith(tail) and (data in cmd) == bool(data_dir):
+                out[method, run['seed']] = run
+    return out
 
 
 def summarise(runs: list) -> dict:
@@ -141,6 +165,8 @@ def main():
     name = args.name or f'methods_{args.budget}_cpu'
     prov = provenance(args.seeds[0])
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    recorded = recorded_runs(Path(args.out_dir or REPO / 'benchmarks/results') / f'{name}.json', recipe.read_text(),
+                             args.data_dir, args.extra)
 
     def train(job):
         method, seed = job
@@ -151,6 +177,10 @@ def main():
                '--no-progress', *args.extra]
         if extra:
             cmd += ['--model-kwargs', json.dumps({**method.model_kwargs, **extra})]
+        if not (out / 'metrics.json').exists() and (method.name, seed) in recorded:
+            print(f'{method.name} seed {seed}: reused from the results file (run at '
+                  f"{recorded[method.name, seed]['run_commit'][:7]})", flush=True)
+            return method.name, recorded[method.name, seed]
         if not (out / 'metrics.json').exists():
             if args.no_train:
                 return method.name, None

@@ -69,3 +69,25 @@ def test_bench_methods_plans_each_method_on_the_right_model():
     bad = subprocess.run([sys.executable, str(REPO / 'benchmarks/bench_methods.py'), '--budget', 'huge'], cwd=REPO,
                          env=env(), capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: unknown --budget 'huge'; allowed: cnn, resnet18"
+
+
+def test_bench_methods_reuses_recorded_runs_only_when_trained_the_same_way(tmp_path):
+    """A fresh clone has the methods results file but not its run folders: runs recorded with the same recipe text,
+    data folder and extra flags are reused (adding a seed re-trains nothing else); any difference reuses nothing."""
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    import bench_methods
+    recipe = 'model: dtgff_cnn_s\nepochs: 5\n'
+    cmd = 'train_ff.py -c r.yaml --method {m} --model dtgff_cnn_s --data-dir ../d --seed {s} --output o --no-progress'
+    runs = {m: dict(runs=[dict(seed=s, accuracy=1.0, train_command=cmd.format(m=m, s=s) + suffix)
+                          for s, suffix in ((0, ''), (1, ' --resume o'))]) for m in ('dtg', 'bp')}
+    runs['cwcomp'] = dict(runs=[dict(seed=0, train_command=cmd.format(m='cwcomp', s=0) + ' --model-kwargs {"a": 1}')])
+    path = tmp_path / 'methods_cnn_cpu.json'
+    path.write_text(json.dumps(dict(recipe=recipe, methods=runs)))
+    got = bench_methods.recorded_runs(path, recipe, '../d', [])
+    assert sorted(got) == [('bp', 0), ('bp', 1), ('cwcomp', 0), ('dtg', 0), ('dtg', 1)]
+    assert got['dtg', 1]['train_command'].endswith('--resume o')
+    assert bench_methods.recorded_runs(path, recipe + 'lr: 0.1\n', '../d', []) == {}
+    assert bench_methods.recorded_runs(path, recipe, '../other', []) == {}
+    assert bench_methods.recorded_runs(path, recipe, '', []) == {}
+    assert bench_methods.recorded_runs(path, recipe, '../d', ['--epochs', '1']) == {}
+    assert bench_methods.recorded_runs(tmp_path / 'none.json', recipe, '../d', []) == {}
