@@ -296,13 +296,19 @@ def render_coarse_fine(result: dict) -> Rendered:
 
 
 def render_first_command(result: dict) -> Rendered:
+    """bench_first_command.py: the README's main-job command (a training run) or its test command (pytest)."""
+    used = ('block', 'readme_command', 'returncode', 'wall_time_s', 'epochs', 'final_accuracy', 'final_unit_accuracy',
+            'pytest_summary', 'first_lines', 'last_lines', 'load_average_before', 'output_tail')
+    if result.get('block') == 'tests':
+        notes = [f"- exit code {result.get('returncode')}, wall {rate(result.get('wall_time_s'))} s (install and "
+                 f"tests), pytest: {code(result.get('pytest_summary'))}"]
+        return Rendered("The README's test command (what `.ci/run` runs), from a fresh clone: "
+                        f"{code(result.get('readme_command'))}.", notes + leftovers(result, used))
     rows = [[e['epoch'], f"{e['loss']:.3f}", pct(e['accuracy']), units(e.get('unit_accuracy'))]
             for e in result.get('epochs', [])]
     notes = ['', (f"- exit code {result.get('returncode')}, wall {rate(result.get('wall_time_s'))} s (install and "
                   f"training), final fused top-1 **{pct(result.get('final_accuracy'))}**, units "
                   f"{units(result.get('final_unit_accuracy'))}")]
-    used = ('readme_command', 'returncode', 'wall_time_s', 'epochs', 'final_accuracy', 'final_unit_accuracy',
-            'first_lines', 'last_lines', 'load_average_before', 'output_tail')
     return Rendered("The README's first command, from a fresh virtual environment: "
                     f"{code(result.get('readme_command'))}; per-epoch training loss and fused / per-unit top-1 on the "
                     "bundled sample.",
@@ -562,6 +568,7 @@ RENDERERS = [
     Family('head_cost*.json', 'Systems: memory and speed', render_head_cost),
     Family('models*.json', 'Systems: memory and speed', render_models),
     Family('first_command*.json', 'The first command', render_first_command),
+    Family('test_command*.json', 'The test command', render_first_command),
     Family('methods_*.json', 'Local learning rules under one recipe', render_methods),
 ]
 GENERIC = Family('*', 'Other results', render_generic)

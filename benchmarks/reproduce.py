@@ -210,6 +210,11 @@ TABLES = {
         'gpu': [run(f'{HUB_R18} --objectives {objectives} --name {name}_gpu --data-dir {{data}} '
                     f'--extra {SUMMED} --mixed-precision bf16 {flags}')
                 for name, objectives, flags in HEADS_GPU]}),
+    'resnet34': ('dtgff_resnet34 (16 units) under dtg and bp_deepsup, default heads; the ResNet-18 bf16 recipe', {
+        'cpu': [run(f'{R18_BF16} --objectives dtg@dtgff_resnet34 bp_deepsup@dtgff_resnet34 --jobs 2 --threads 1 '
+                    '--name cifar10_resnet34_cpu --data-dir {data}')],
+        'gpu': [run(f'{GAP} --recipe hub_configs/dtgff_resnet34.cifar10.yaml --objectives dtg bp_deepsup '
+                    f'--name cifar10_resnet34_gpu --data-dir {{data}} --extra {SUMMED} --mixed-precision bf16')]}),
     'half_weights': ("resnet18_full's dtg weights stored in float16: test accuracy (after resnet18_full)", {
         'cpu': [run(f'{HALF} benchmarks/runs/cifar10_resnet18_full_cpu-dtg --data-dir {{data}} '
                     '--write /tmp/half/dtgff_resnet18.cifar10.safetensors '
@@ -281,9 +286,10 @@ TABLES = {
                     '--skip-trainer --mixed-precision bf16 --name throughput_heads_cpu --data-dir {data}')],
         'gpu': [run(f'{THROUGHPUT} --models dtgff_resnet18 --heads linear pred dgl infopro --rounds 3 '
                     '--skip-trainer --mixed-precision bf16 --name throughput_heads_gpu', data_flag='--data-dir')]}),
-    'first_command': ("the README's first set-up command from a fresh clone, timed", {
-        'cpu': [run('benchmarks/bench_first_command.py', 'first_command_cpu')],
-        'gpu': "the README's first command is the CPU set-up (a venv, the install, a CPU training run)"}),
+    'first_command': ("the README's two set-up commands (main job, tests) from a fresh clone, timed", {
+        'cpu': [run('benchmarks/bench_first_command.py', 'first_command_cpu'),
+                run('benchmarks/bench_first_command.py --block tests --name test_command_cpu')],
+        'gpu': "the README's set-up commands are the CPU set-up (a venv, the install, a CPU run)"}),
 }
 # committed results no command reproduces: record_runs.py over screening runs stopped early or on data copies
 BY_HAND = ('dtg_screening_cpu', 'classic_ff_screening_cpu', 'classic_ff_per_location_cpu',

@@ -339,3 +339,15 @@ def test_the_headline_reads_a_methods_file_by_method_name(monkeypatch):
     assert ('dtgff_cnn_s', 'dgl') not in cells  # only the mapped methods count
     assert cells[('dtgff_cnn_s', 'dtg')].budget == '47.5k x 5'
     assert status(result).dirty == ['1 run trained on an uncommitted tree: `dtg`']
+
+
+def test_the_test_command_file_shows_pytest_summary_not_an_empty_epoch_table():
+    result = dict(block='tests', readme_command='python -m pytest -q', returncode=0, wall_time_s=812.3, epochs=[],
+                  final_accuracy=None, pytest_summary='718 passed in 800.12s (0:13:20)')
+    family, out = tables.render('test_command_cpu.json', result)
+    body = '\n'.join(out.body)
+    assert '`718 passed in 800.12s (0:13:20)`' in body and '812 s' in body and 'exit code 0' in body
+    assert '| epoch |' not in body and 'test command' in out.description and family.render is tables.render_first_command
+    main = tables.render_first_command(dict(readme_command='x', returncode=0, wall_time_s=130.0, final_accuracy=46.6,
+                                            epochs=[dict(epoch=0, loss=1.0, accuracy=46.6, unit_accuracy=[40.0])]))
+    assert '| epoch |' in '\n'.join(main.body) and '**46.60%**' in '\n'.join(main.body)
