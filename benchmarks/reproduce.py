@@ -375,13 +375,16 @@ def main(argv=None) -> int:
     if isinstance(runs, str):
         print(f'{args.table} has no GPU form: {runs}')
         return 0
-    data_dir = args.data_dir if args.data_dir == DEFAULT_DATA else from_repo(args.data_dir)
-    if reads_cifar10(args.table, args.budget) and not (REPO / data_dir).is_dir():
-        p.error(f'data folder {args.data_dir} does not exist; pass --data-dir DIR, a CIFAR-10 parquet folder')
     if args.budget == 'gpu' and not args.dry_run:
         import torch
         if not torch.cuda.is_available():
             p.error('--budget gpu needs CUDA and torch sees no GPU here; --dry-run prints its commands')
+    data_dir = args.data_dir if args.data_dir == DEFAULT_DATA else from_repo(args.data_dir)
+    # a dry run prints the default folder's commands even where it is missing (a clone without ../shared/data);
+    # a folder the user names is checked either way
+    checked = not args.dry_run or args.data_dir != DEFAULT_DATA
+    if checked and reads_cifar10(args.table, args.budget) and not (REPO / data_dir).is_dir():
+        p.error(f'data folder {args.data_dir} does not exist; pass --data-dir DIR, a CIFAR-10 parquet folder')
     for cmd, out in commands(args.table, args.budget, data_dir):
         if args.dry_run:
             commit = recorded_commit(out) if out and args.budget == 'cpu' else ''
