@@ -7,9 +7,9 @@ Clones this repository (its committed HEAD) into a temporary folder, runs the fi
 second (``--block tests``) ```bash block of the README's "Set up" section there with bash (venv, install, then the
 training run or the test suite), and writes ``benchmarks/results/<name>.json``: the command, its exit code, wall
 time (install included), the per-epoch lines and final fused and per-unit accuracy of a training run, pytest's
-summary line of the tests, and what else was running on the machine (the load average before it started), since a
-shared CPU makes the time an upper bound. The test command is what ``.ci/run`` runs, so ``--block tests`` is also a
-fresh-clone CI check.
+summary line of the tests and the ids of any that failed, and what else was running on the machine (the load
+average before it started), since a shared CPU makes the time an upper bound. The test command is what ``.ci/run`` runs,
+so ``--block tests`` is also a fresh-clone CI check.
 """
 import argparse
 import json
@@ -71,7 +71,10 @@ def main():
                   final_accuracy=epochs[-1]['accuracy'] if epochs else None,
                   final_unit_accuracy=epochs[-1]['unit_accuracy'] if epochs else None,
                   pytest_summary=summary[-1] if summary else None,
-                  first_lines=lines[:4], last_lines=lines[-2:], output_tail=out[-3000:] if proc.returncode else '')
+                  failed_tests=[line.split(' - ')[0] for line in proc.stdout.splitlines()
+                                if line.startswith(('FAILED ', 'ERROR '))],
+                  first_lines=lines[:4], last_lines=lines[-2:],
+                  output_tail=(proc.stdout if args.block == 'tests' else out)[-3000:] if proc.returncode else '')
     path = write_result(args.name, result)
     print(json.dumps({k: result[k] for k in ('returncode', 'wall_time_s', 'final_accuracy', 'final_unit_accuracy',
                                              'pytest_summary', 'load_average_before')}, indent=1))
