@@ -244,6 +244,13 @@ class Repo:
 
 # staleness
 
+def code_dirty(result: dict) -> bool:
+    """Whether a result was measured on uncommitted changes. A tree whose only changes were other results files
+    (``benchmarks/results/``, written by an earlier benchmark of the same batch) ran the committed code."""
+    files = result.get('dirty_files') or []
+    return bool(result.get('git_dirty')) and (not files or any(not f.startswith('benchmarks/results/') for f in files))
+
+
 @dataclass
 class Status:
     """Why a result may not describe today's code: stale reasons and uncommitted-tree notes."""
@@ -399,7 +406,7 @@ def status(result: dict, repo: Repo, archs) -> Status:
     changed = [f"`{arch}` {', '.join(sorted(c))}" for arch, c in sorted(per_arch.items()) if c]
     if changed:
         out.stale.append(f"model defaults changed since `{short}`: {'; '.join(changed)}")
-    if result.get('git_dirty'):
+    if code_dirty(result):
         files = ': ' + ', '.join(map(code, result['dirty_files'])) if result.get('dirty_files') else ''
         out.dirty.append(f'measured on an uncommitted tree (changes on top of `{short}`{files})')
     dirty_runs = list(dict.fromkeys(
@@ -478,7 +485,7 @@ def provenance(name: str, result: dict, link_prefix: str) -> list:
     png = RESULTS / name.replace('.json', '.png')
     if png.is_file():
         files.append(f'plot [`{png.name}`]({link_prefix}{png.name})')
-    dirty = ' (uncommitted tree)' if result.get('git_dirty') else ''
+    dirty = ' (uncommitted tree)' if code_dirty(result) else ''
     return [(f"Measured at `{result.get('git_commit', '')[:7]}`{dirty} on {result.get('date_utc', '')[:10]}, "
              f"{machine(result.get('machine', {}))}, {seeds(result)}."),
             f'Reproduce: `{quote_json(command)}`',
