@@ -17,10 +17,10 @@ Writes ``benchmarks/results/methods_<budget>_cpu.json`` (or ``<--name>.json``: e
 method's mean and spread over the seeds, its locality, whether the label is in the input, whether it uses negatives,
 its paper and source) and a PNG beside it: fused accuracy per method and per-unit accuracy curves. Runs that
 finished earlier (``benchmarks/runs/<name>-<method>-s<seed>/metrics.json``) are reused, so the benchmark can be
-resumed, and so are the runs recorded in the results file it would overwrite where that file was trained with the same
-recipe text, data and extra flags (a fresh clone has the file but not the run folders: adding a seed does not
-re-train the others; each run keeps its own ``run_commit``). ``--no-train`` writes the file from the finished runs alone, each method with the seeds it has, and lists
-the runs that did not finish (``missing_runs``).
+resumed, and so are the runs recorded in the results file it would overwrite where that file was trained with the
+same recipe text, data and extra flags (a fresh clone has the file but not the run folders: adding a seed does not
+re-train the others; each run keeps its own ``run_commit``). ``--no-train`` writes the file from the finished runs
+alone, each method with the seeds it has, and lists the runs that did not finish (``missing_runs``).
 """
 import argparse
 import json
@@ -177,11 +177,11 @@ def main():
                '--no-progress', *args.extra]
         if extra:
             cmd += ['--model-kwargs', json.dumps({**method.model_kwargs, **extra})]
-        if not (out / 'metrics.json').exists() and (method.name, seed) in recorded:
-            print(f'{method.name} seed {seed}: reused from the results file (run at '
-                  f"{recorded[method.name, seed]['run_commit'][:7]})", flush=True)
-            return method.name, recorded[method.name, seed]
         if not (out / 'metrics.json').exists():
+            if (method.name, seed) in recorded:
+                print(f'{method.name} seed {seed}: reused from the results file (run at '
+                      f"{recorded[method.name, seed]['run_commit'][:7]})", flush=True)
+                return method.name, recorded[method.name, seed]
             if args.no_train:
                 return method.name, None
             if (out / 'checkpoints').is_dir():

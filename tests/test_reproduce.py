@@ -124,6 +124,8 @@ def test_dry_run_commands_are_accepted_by_their_scripts(capsys, tmp_path, table,
         written = Path(ns.output).stem if script.endswith('bench_models.py') else ns.name
         if script.endswith('bench_methods.py'):
             written = ns.name or f'methods_{ns.budget}_cpu'
+        if script.endswith('bench_first_command.py'):  # the default name follows the block
+            written = ns.name or {'main': 'first_command_cpu', 'tests': 'test_command_cpu'}[ns.block]
         assert written == out
         if budget == 'cpu':  # the committed file it reproduces
             assert (REPO / 'benchmarks/results' / f'{out}.json').is_file() or out in NOT_COMMITTED_YET, out
