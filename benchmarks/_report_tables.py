@@ -298,12 +298,17 @@ def render_coarse_fine(result: dict) -> Rendered:
 def render_first_command(result: dict) -> Rendered:
     """bench_first_command.py: the README's main-job command (a training run) or its test command (pytest)."""
     used = ('block', 'readme_command', 'returncode', 'wall_time_s', 'epochs', 'final_accuracy', 'final_unit_accuracy',
-            'pytest_summary', 'failed_tests', 'first_lines', 'last_lines', 'load_average_before', 'output_tail')
+            'pytest_summary', 'failed_tests', 'first_lines', 'last_lines', 'load_average_before', 'output_tail',
+            'slowest_tests')
     if result.get('block') == 'tests':
         notes = [f"- exit code {result.get('returncode')}, wall {rate(result.get('wall_time_s'))} s (install and "
                  f"tests), pytest: {code(result.get('pytest_summary'))}"]
         failed = result.get('failed_tests') or []
         notes += [f"- failed: {', '.join(code(t) for t in failed)}"] if failed else []
+        slowest = result.get('slowest_tests') or []
+        notes += [f"- slowest {len(slowest[:10])} of the run (pytest --durations; "
+                  f"{sum(t['seconds'] for t in slowest):.0f} s in its {len(slowest)} slowest): "
+                  + ', '.join(f"{code(t['test'])} {t['seconds']:.0f} s" for t in slowest[:10])] if slowest else []
         return Rendered("The README's test command (what `.ci/run` runs), from a fresh clone: "
                         f"{code(result.get('readme_command'))}.", notes + leftovers(result, used))
     rows = [[e['epoch'], f"{e['loss']:.3f}", pct(e['accuracy']), units(e.get('unit_accuracy'))]

@@ -26,6 +26,7 @@ from _provenance import REPO, provenance, write_result  # noqa: E402
 
 EPOCH_LINE = re.compile(r'epoch (\d+): loss (\S+)\s+fused acc ([\d.]+)%\s+units ([\d. ]+?)\s+\(')
 PYTEST_SUMMARY = re.compile(r'^=*\s*(\d+ (?:passed|failed|error).*? in [\d.]+s.*?)\s*=*$', re.M)
+DURATION_LINE = re.compile(r'^([\d.]+)s (setup|call|teardown) +(\S.*?) *$', re.M)  # pytest --durations
 BLOCKS = {'main': 'first_command_cpu', 'tests': 'test_command_cpu'}  # block -> default results name
 
 
@@ -71,6 +72,7 @@ def main():
                   final_accuracy=epochs[-1]['accuracy'] if epochs else None,
                   final_unit_accuracy=epochs[-1]['unit_accuracy'] if epochs else None,
                   pytest_summary=summary[-1] if summary else None,
+                  slowest_tests=[dict(seconds=float(s), phase=ph, test=t) for s, ph, t in DURATION_LINE.findall(out)],
                   failed_tests=[line.split(' - ')[0] for line in proc.stdout.splitlines()
                                 if line.startswith(('FAILED ', 'ERROR '))],
                   first_lines=lines[:4], last_lines=lines[-2:],

@@ -217,6 +217,28 @@ def test_setup_commands_are_the_ones_ci_and_the_first_command_benchmark_run():
     assert tests.startswith('python3 -m venv .venv && ') and tests.endswith('python -m pytest -q')
 
 
+def test_first_command_benchmark_reads_pytests_summary_and_slowest_tests(tmp_path):
+    """bench_first_command.py parses what pytest prints: the summary line and the ``--durations`` lines that
+    pyproject's addopts asks for (the slowest tests of a fresh-clone run land in test_command_cpu.json)."""
+    spec = importlib.util.spec_from_file_location('bench_first_command', REPO / 'benchmarks' / 'bench_first_command.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert '--durations=' in (REPO / 'pyproject.toml').read_text()
+    (tmp_path / 'test_tiny.py').write_text(
+        'import time, pytest\n'
+        '@pytest.mark.parametrize("x", ["a b", "c"])\n'
+        'def test_slow(x):\n    time.sleep(0.3 if x == "a b" else 0.05)\n'
+        'def test_fails():\n    assert False\n')
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '--durations=2',
+                           'test_tiny.py'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert bench.PYTEST_SUMMARY.findall(out)[-1].startswith('1 failed, 2 passed in '), out
+    slowest = bench.DURATION_LINE.findall(out)
+    assert len(slowest) == 2, out
+    seconds, phase, test = slowest[0]
+    assert float(seconds) >= 0.3 and phase == 'call' and test == 'test_tiny.py::test_slow[a b]', slowest
+
+
 def _model_table():
     section = text(README).split('\n## Models\n')[1].split('\n## ')[0]
     rows = [r for r in section.splitlines() if r.startswith('| `')]
