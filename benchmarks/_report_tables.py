@@ -518,9 +518,9 @@ def render_methods(result: dict) -> Rendered:
             "their papers' networks and budgets: not reproductions.")
     missing = result.get('missing_runs') or []
     notes = methods_verdict(result) + ([f"- not finished when the file was written: {', '.join(missing)}"]
-                                       if missing else [])
+                                       if missing else []) + ([f"- {result['note']}"] if result.get('note') else [])
     used = ('methods', 'recipe', 'recipe_path', 'base_model', 'threads_per_run', 'budget', 'best', 'best_local',
-            'missing_runs', 'seeds')
+            'missing_runs', 'seeds', 'note')
     return Rendered(what, table(headers, rows) + [''] + notes + leftovers(result, used))
 
 

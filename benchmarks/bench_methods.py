@@ -141,6 +141,8 @@ def main():
     p.add_argument('--name', default='', help='results name (default: methods_<budget>_cpu)')
     p.add_argument('--no-train', action='store_true', help='train nothing: write the results file from the runs that '
                    'finished (a stopped benchmark); the runs not finished are listed in it as missing_runs')
+    p.add_argument('--note', default='', help='a sentence kept in the results file and shown under its tables (say '
+                   'why runs are missing, or what differs from the planned runs)')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[], help='extra train_ff.py flags for every run')
     args = p.parse_args()
     import timm_ff  # noqa: F401  (registers the methods)
@@ -203,7 +205,7 @@ def main():
     missing = [f'{m.name} seed {seed}' for (m, seed), (_, r) in zip(jobs, done) if r is None]
     result = dict(prov, budget=args.budget, recipe_path=in_repo(recipe), recipe=recipe.read_text(),
                   base_model=base_model, jobs=args.jobs, threads_per_run=threads, seeds=args.seeds,
-                  missing_runs=missing, methods={})
+                  missing_runs=missing, **({'note': args.note} if args.note else {}), methods={})
     for method in methods:
         runs = [r for n, r in done if n == method.name and r is not None]
         if not runs:

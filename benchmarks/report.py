@@ -639,6 +639,7 @@ def render_methods_block(results: dict, stats: dict) -> str:
         missing = result.get('missing_runs') or []
         out += [''] + methods_verdict(result)
         out += [f"- not finished when the table was written: {', '.join(missing)}"] if missing else []
+        out += [f"- {result['note']}"] if result.get('note') else []
         out += ['']
     out.append("img/s and peak memory compare within one table only (runs trained side by side on one machine: "
                "[docs/results.md](docs/results.md) names it). A published figure is at its paper's network and "

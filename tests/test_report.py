@@ -318,6 +318,12 @@ def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing(tmp_
     assert '- not finished' not in block
     results['methods_cnn_cpu.json']['missing_runs'] = ['bp seed 1']
     assert '- not finished when the table was written: bp seed 1' in report.render_methods_block(results, stats)
+    results['methods_cnn_cpu.json']['note'] = 'bp seed 1 was stopped: it would not end in time.'
+    assert ('- not finished when the table was written: bp seed 1\n- bp seed 1 was stopped: it would not end in '
+            'time.\n') in report.render_methods_block(results, stats)
+    assert '- bp seed 1 was stopped' in '\n'.join(tables.render('methods_cnn_cpu.json',
+                                                                  results['methods_cnn_cpu.json'])[1].body)
+    del results['methods_cnn_cpu.json']['note']
     (tmp_path / 'methods_cnn_cpu.png').write_bytes(b'png')
     assert ('; [`methods_cnn_cpu.json`](benchmarks/results/methods_cnn_cpu.json), per-unit curves '
             '[`methods_cnn_cpu.png`](benchmarks/results/methods_cnn_cpu.png); [stale]') in report.render_methods_block(
