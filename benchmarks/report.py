@@ -621,7 +621,7 @@ def render_methods_block(results: dict, stats: dict) -> str:
         seeds = '/'.join(map(str, sorted({m['summary']['seeds'] for m in ms.values()})))
         png = RESULTS / file.replace('.json', '.png')
         out += [f"**{label}** ({code(result['base_model'])}'s recipe `{result['recipe_path']}`: "
-                f"{methods_budget(result)} images x epochs, {seeds} seeds per method; "
+                f"{methods_budget(result)} images x epochs, {seeds} {'seed' if seeds == '1' else 'seeds'} per method; "
                 f"[`{file}`](benchmarks/results/{file})"
                 + (f', per-unit curves [`{png.name}`](benchmarks/results/{png.name})' if png.is_file() else '')
                 + (f'; [{marks}](docs/results.md#{_anchor(file)})' if marks else '') + '):', '']
