@@ -288,7 +288,7 @@ TABLES = {
                     '--skip-trainer --mixed-precision bf16 --name throughput_heads_gpu', data_flag='--data-dir')]}),
     'first_command': ("the README's two set-up commands (main job, tests) from a fresh clone, timed", {
         'cpu': [run('benchmarks/bench_first_command.py', 'first_command_cpu'),
-                run('benchmarks/bench_first_command.py --block tests --name test_command_cpu')],
+                run('benchmarks/bench_first_command.py --block tests', 'test_command_cpu')],
         'gpu': "the README's set-up commands are the CPU set-up (a venv, the install, a CPU run)"}),
 }
 # committed results no command reproduces: record_runs.py over screening runs stopped early or on data copies
