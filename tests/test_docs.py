@@ -201,6 +201,13 @@ def _bash_blocks_after(heading: str):
     return [body.strip() for lang, body in FENCE.findall(section) if lang == 'bash']
 
 
+def _bench_first_command():
+    spec = importlib.util.spec_from_file_location('bench_first_command', REPO / 'benchmarks' / 'bench_first_command.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_setup_commands_are_the_ones_ci_and_the_first_command_benchmark_run():
     first, tests = _bash_blocks_after('## Set up')[:2]
     ci = (REPO / '.ci' / 'run').read_text().splitlines()
@@ -209,9 +216,7 @@ def test_setup_commands_are_the_ones_ci_and_the_first_command_benchmark_run():
     assert 'python3 -m venv .venv' in ci and '. .venv/bin/activate' in ci, '.ci/run makes and enters the venv'
     assert tests == venv + ci[marker + 1], ".ci/run's test command differs from the README's"
     assert "README's test command" in ci[1], ".ci/run's comment line says what it runs"
-    spec = importlib.util.spec_from_file_location('bench_first_command', REPO / 'benchmarks' / 'bench_first_command.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_first_command()
     assert bench.first_command(text(README)) == first and bench.setup_command(text(README), 1) == tests
     assert first.startswith('python3 -m venv .venv && ') and 'accelerate launch train_ff.py' in first
     assert tests.startswith('python3 -m venv .venv && ') and tests.endswith('python -m pytest -q')
@@ -220,9 +225,7 @@ def test_setup_commands_are_the_ones_ci_and_the_first_command_benchmark_run():
 def test_first_command_benchmark_reads_pytests_summary_and_slowest_tests(tmp_path):
     """bench_first_command.py parses what pytest prints: the summary line and the ``--durations`` lines that
     pyproject's addopts asks for (the slowest tests of a fresh-clone run land in test_command_cpu.json)."""
-    spec = importlib.util.spec_from_file_location('bench_first_command', REPO / 'benchmarks' / 'bench_first_command.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_first_command()
     assert '--durations=' in (REPO / 'pyproject.toml').read_text()
     (tmp_path / 'test_tiny.py').write_text(
         'import time, pytest\n'

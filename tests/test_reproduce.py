@@ -21,8 +21,6 @@ sys.path.insert(0, str(REPO))
 import reproduce  # noqa: E402
 
 CASES = [(t, b) for t in reproduce.TABLES for b in reproduce.BUDGETS]
-# CPU files a table's commands write that are not committed yet
-NOT_COMMITTED_YET = set()
 PARSE_ARGS = argparse.ArgumentParser.parse_args
 _PARSERS = {}
 
@@ -128,7 +126,7 @@ def test_dry_run_commands_are_accepted_by_their_scripts(capsys, tmp_path, table,
             written = ns.name or {'main': 'first_command_cpu', 'tests': 'test_command_cpu'}[ns.block]
         assert written == out
         if budget == 'cpu':  # the committed file it reproduces
-            assert (REPO / 'benchmarks/results' / f'{out}.json').is_file() or out in NOT_COMMITTED_YET, out
+            assert (REPO / 'benchmarks/results' / f'{out}.json').is_file(), out
         else:
             assert out.endswith('_gpu'), out
         for train_args in train_ff_runs(script, ns):
@@ -146,8 +144,6 @@ def test_cpu_commands_are_the_ones_the_committed_files_record():
         for r in budgets['cpu']:
             if r.out is None or r.script.endswith('record_runs.py'):
                 continue  # a training run, or a record of runs whose note is new text
-            if r.out in NOT_COMMITTED_YET and not (REPO / 'benchmarks/results' / f'{r.out}.json').is_file():
-                continue
             recorded = json.loads((REPO / 'benchmarks/results' / f'{r.out}.json').read_text())['command']
             if r.script.endswith('bench_methods.py'):  # a stopped benchmark's file is written by its --no-train form
                 recorded = recorded.partition(' --note ')[0].removesuffix(' --no-train')  # (a note said why)
