@@ -9,7 +9,10 @@ optimiser, schedule and number of epochs for all; only what defines the method d
 kwargs, from its source where they are part of the method). Methods of the 'label' family (classic FF: the label in
 the input) train the classic-FF twin of the recipe's model (``ff_cnn_s`` for ``dtgff_cnn_s``). Methods whose logits
 are the energies of K channel groups (CwComp, DeeperForward) need every unit's width to be a multiple of K: their
-runs widen each unit to the next multiple of K, which the result records (``model_kwargs_added``). ``--recipe PATH``
+runs widen each unit to the next multiple of K, which the result records (``model_kwargs_added``). On the deep
+models (``EVAL_ONCE``) the label-family methods are evaluated after the last epoch only (``--eval-every`` = the
+recipe's epochs; the result lists them in ``evaluated_once``): their evaluation scores every label, 10 ResNet-18 passes
+an image, several times the cost of their training on CPU, and evaluating changes nothing that trains. ``--recipe PATH``
 trains with that recipe instead of the budget's (its model may carry a pretrained tag such as ``dtgff_cnn_s.cifar10``:
 the label twin gets the same tag); the result's ``recipe_path`` and ``recipe`` are the recipe used.
 
@@ -41,6 +44,7 @@ BUDGETS = {
 LABEL_TWINS = {'dtgff_cnn_s': 'ff_cnn_s', 'dtgff_resnet18': 'ff_resnet18'}
 CHANNELS = {'dtgff_cnn_s': (32, 64, 128, 256), 'dtgff_resnet18': (64, 128, 256, 512)}
 GROUPED = ('cwcomp', 'deeperforward')  # logits = energies of K channel groups: widths must be multiples of K
+EVAL_ONCE = ('dtgff_resnet18',)  # base models on which the label-family methods are evaluated after the last epoch only
 
 
 def recipe_model(recipe: Path) -> str:
@@ -48,6 +52,13 @@ def recipe_model(recipe: Path) -> str:
         if line.startswith('model:'):
             return line.split(':', 1)[1].split('#')[0].strip()
     raise SystemExit(f'error: recipe {recipe} names no model')
+
+
+def recipe_epochs(recipe: Path) -> int:
+    for line in recipe.read_text().splitlines():
+        if line.startswith('epochs:'):
+            return int(line.split(':', 1)[1].split('#')[0])
+    raise SystemExit(f'error: recipe {recipe} names no epochs')
 
 
 def in_repo(path: Path) -> str:
@@ -64,6 +75,11 @@ def run_plan(method, base_model: str, num_classes: int):
     if method.name in GROUPED:
         extra['channels'] = [-(-c // num_classes) * num_classes for c in CHANNELS[arch]]
     return model, extra
+
+
+def evaluated_once(method, base_model: str) -> bool:
+    """Whether ``method``'s runs on ``base_model`` are evaluated after the last epoch only (see the module doc)."""
+    return method.model_family == 'label' and base_model.partition('.')[0] in EVAL_ONCE
 
 
 def recorded_runs(path: Path, recipe_text: str, data_dir: str, extra: list) -> dict:
@@ -167,6 +183,7 @@ def main():
     name = args.name or f'methods_{args.budget}_cpu'
     prov = provenance(args.seeds[0])
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    epochs = recipe_epochs(recipe)
     recorded = recorded_runs(Path(args.out_dir or REPO / 'benchmarks/results') / f'{name}.json', recipe.read_text(),
                              args.data_dir, args.extra)
 
@@ -176,6 +193,7 @@ def main():
         out = Path(args.runs_dir) / f'{name}-{method.name}-s{seed}'
         cmd = [sys.executable, 'train_ff.py', '-c', in_repo(recipe), '--method', method.name, '--model', model,
                *(['--data-dir', args.data_dir] if args.data_dir else []), '--seed', str(seed), '--output', in_repo(out),
+               *(['--eval-every', str(epochs)] if evaluated_once(method, base_model) else []),
                '--no-progress', *args.extra]
         if extra:
             cmd += ['--model-kwargs', json.dumps({**method.model_kwargs, **extra})]
@@ -205,7 +223,8 @@ def main():
     missing = [f'{m.name} seed {seed}' for (m, seed), (_, r) in zip(jobs, done) if r is None]
     result = dict(prov, budget=args.budget, recipe_path=in_repo(recipe), recipe=recipe.read_text(),
                   base_model=base_model, jobs=args.jobs, threads_per_run=threads, seeds=args.seeds,
-                  missing_runs=missing, **({'note': args.note} if args.note else {}), methods={})
+                  missing_runs=missing, **({'note': args.note} if args.note else {}),
+                  evaluated_once=[m.name for m in methods if evaluated_once(m, base_model)], methods={})
     for method in methods:
         runs = [r for n, r in done if n == method.name and r is not None]
         if not runs:

@@ -639,6 +639,9 @@ def render_methods_block(results: dict, stats: dict) -> str:
         missing = result.get('missing_runs') or []
         out += [''] + methods_verdict(result)
         out += [f"- not finished when the table was written: {', '.join(missing)}"] if missing else []
+        once = [code(m) for m in result.get('evaluated_once', []) if m in ms]
+        out += [f"- evaluated after the last epoch only (scoring every label is 10 passes an image): "
+                f"{', '.join(once)}"] if once else []
         out += [f"- {result['note']}"] if result.get('note') else []
         out += ['']
     out.append("img/s and peak memory compare within one table only (runs trained side by side on one machine: "

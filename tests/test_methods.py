@@ -61,6 +61,11 @@ def test_bench_methods_plans_each_method_on_the_right_model():
     assert bench_methods.run_plan(get_method('ff'), 'dtgff_resnet18', 10) == ('ff_resnet18', {})
     model, extra = bench_methods.run_plan(get_method('cwcomp'), 'dtgff_cnn_s', 10)
     assert model == 'dtgff_cnn_s' and extra == {'channels': [40, 70, 130, 260]}
+    # classic FF's evaluation scores every label: on ResNet-18 its methods are evaluated after the last epoch only
+    assert bench_methods.evaluated_once(get_method('ff'), 'dtgff_resnet18')
+    assert bench_methods.evaluated_once(get_method('trifecta_olu'), 'dtgff_resnet18.cifar10')
+    assert not bench_methods.evaluated_once(get_method('dtg'), 'dtgff_resnet18')
+    assert not bench_methods.evaluated_once(get_method('ff'), 'dtgff_cnn_s')
     summary = bench_methods.summarise([
         dict(accuracy=50.0, unit_accuracy=[40.0, 50.0], train_images_per_s=10.0, peak_memory_mb=100, memory_kind='rss'),
         dict(accuracy=54.0, unit_accuracy=[42.0, 54.0], train_images_per_s=12.0, peak_memory_mb=120, memory_kind='rss')])
