@@ -295,3 +295,25 @@ def test_head_norm_standardises_the_goodness_and_is_affine_at_eval():
         timm.create_model('ff_cnn_s', head_norm='batchnorm')
     with pytest.raises(ValueError, match="unknown value for head_norm 'layer'"):
         timm.create_model('dtgff_cnn_s', head_norm='layer')
+
+
+@pytest.mark.parametrize('model_name', ['ff_cnn_s', 'ff_resnet18'])
+def test_label_sweep_in_passes_scores_like_one_pass(model_name):
+    """Classic FF's eval scores B*K (image, label) pairs; on a CPU in eval mode they go through each unit in passes
+    of label_sweep_pairs (whole images), which must give every unit's logits of the one-pass sweep."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=10)
+    x = torch.randn(13, 3, 32, 32)
+    model.train()
+    for _ in range(2):  # running statistics away from their init, so that eval-mode BN is not the identity
+        model.forward_unit_logits(x)
+    model.eval()
+    with torch.no_grad():
+        model.label_sweep_pairs = 10_000
+        whole = model.forward_unit_logits(x)
+        for pairs in (25, 64, 1):  # 2 images a pass (the last pass 1 image), 6 a pass, and 1 (below K)
+            model.label_sweep_pairs = pairs
+            chunked = model.forward_unit_logits(x)
+            for u, (a, b) in enumerate(zip(whole, chunked)):
+                assert a.shape == b.shape == (13, 10)
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=f'{model_name} unit {u}, {pairs} pairs')

@@ -294,6 +294,7 @@ class FFNet(nn.Module):
         self.in_chans = in_chans
         self.spatial = spatial
         self.label_embed_enabled = bool(cfg['label_embed'])
+        self.label_sweep_pairs = 64  # classic FF's eval on a CPU: (image, label) pairs a unit scores at once
         self.num_features = self.head_hidden_size = chs[-1]
         self.model_args = dict(family_kwargs, num_classes=num_classes, in_chans=in_chans,
                                global_pool=global_pool, **ff_kwargs)
@@ -403,11 +404,23 @@ class FFNet(nn.Module):
         return dict(x=x.repeat_interleave(K, dim=0), labels=torch.arange(K, device=x.device).repeat(x.shape[0]))
 
     def eval_unit(self, u: int, state):
-        """Unit ``u`` on an :meth:`eval_init` state: (next state, (B, K) logits)."""
+        """Unit ``u`` on an :meth:`eval_init` state: (next state, (B, K) logits).
+
+        Classic FF's B*K (image, label) pairs go through a CPU in passes of at most :attr:`label_sweep_pairs`
+        pairs (whole images' K labels each) when the model is in eval mode, where a pair's output does not depend
+        on the others: one pass of 640 pairs ran ``ff_resnet18`` at 0.6x the pairs/s of passes of 20-80 (bf16, one
+        thread), its activations no longer in cache.
+        """
         if not self.label_embed_enabled:
             return self.units[u](state, with_logits=True)
-        xs, g = self.units[u](state['x'], labels=state['labels'], with_logits=True)
-        return dict(x=xs, labels=state['labels']), g.reshape(-1, self.num_classes)
+        x, labels = state['x'], state['labels']
+        step = max(1, self.label_sweep_pairs // self.num_classes) * self.num_classes
+        if self.training or x.device.type != 'cpu' or x.shape[0] <= step:
+            xs, g = self.units[u](x, labels=labels, with_logits=True)
+        else:
+            outs = [self.units[u](xc, labels=lc, with_logits=True) for xc, lc in zip(x.split(step), labels.split(step))]
+            xs, g = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return dict(x=xs, labels=labels), g.reshape(-1, self.num_classes)
 
     # ----------------------------------------------------------------------------- timm contract
     def forward_intermediates(
