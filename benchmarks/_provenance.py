@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ def machine() -> dict:
 
 
 def provenance(seed: int) -> dict:
-    return dict(command=' '.join([sys.executable.split('/')[-1]] + sys.argv), **git_commit(), machine=machine(),
+    return dict(command=shlex.join([sys.executable.split('/')[-1]] + sys.argv), **git_commit(), machine=machine(),
                 seed=seed, date_utc=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
 
 

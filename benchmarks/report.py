@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -479,8 +480,11 @@ def seeds(result: dict) -> str:
 def provenance(name: str, result: dict, link_prefix: str) -> list:
     """The lines beneath a table: commit, date, machine, seeds; the command; the file and its plot."""
     command = result.get('command', '')
-    if result.get('note') and result['note'] in command:  # record_runs.py: the note is the description above
-        command = command.replace(result['note'], '"<the note above>"')
+    note = result.get('note')
+    for form in ((shlex.quote(note), note) if note else ()):  # record_runs.py: the note is the description above
+        if form in command:  # (shell-quoted since the commands are recorded with shlex.join)
+            command = command.replace(form, '"<the note above>"')
+            break
     files = [f'[`{name}`]({link_prefix}{name})']
     png = RESULTS / name.replace('.json', '.png')
     if png.is_file():

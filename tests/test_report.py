@@ -171,6 +171,21 @@ def test_the_page_shows_marks_provenance_and_plot(tmp_path, monkeypatch):
     assert 'plot [`cifar10_test_cpu.png`](../benchmarks/results/cifar10_test_cpu.png)' in page
 
 
+def test_a_recorded_command_is_shell_quoted_and_its_note_is_not_repeated(monkeypatch):
+    """Commands are recorded with shlex.join, so a note or a JSON flag survives a copy into a shell; the page shows
+    the note once, above the command, whichever way the command quoted it."""
+    import shlex
+    import _provenance
+    argv = ['benchmarks/bench_methods.py', '--note', "ff's eval: 10 passes", '--extra', '--model-kwargs', '{"a": 1}']
+    monkeypatch.setattr(sys, 'argv', argv)
+    command = _provenance.provenance(0)['command']
+    assert shlex.split(command)[1:] == argv
+    for recorded in (command, ' '.join(['python', *argv])):  # shlex.join now, a plain join in older files
+        lines = report.provenance('x.json', dict(command=recorded, note=argv[2], git_commit=COMMIT), '')
+        shown = next(line for line in lines if line.startswith('Reproduce: '))
+        assert argv[2] not in shown and '"<the note above>"' in shown and '--model-kwargs' in shown, shown
+
+
 def test_the_generic_fallback_renders_an_unknown_file():
     result = dict(command='python benchmarks/bench_new.py', git_commit=COMMIT, seed=0, speedup=1.2345,
                   nested={'a': {'b': 2}}, long_text='x' * 500, rows=[{'model': 'm', 'img_per_s': 10.0}])
