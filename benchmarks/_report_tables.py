@@ -275,6 +275,19 @@ def render_bf16(result: dict) -> Rendered:
                     table(['pair', 'mixed precision', 'img/s', 'top-1'], rows) + notes + leftovers(result, used))
 
 
+def render_label_sweep(result: dict) -> Rendered:
+    rows = [[code(r['model']), r['precision'], r['images'], r['batch_size'], rate(r['one_pass_images_per_s']),
+             rate(r['passes_images_per_s']), ratio(r['passes_over_one_pass']), f"{r['max_abs_logit_difference']:.1e}"]
+            for r in result['rows']]
+    pairs = sorted({r['pairs_per_pass'] for r in result['rows']})
+    return Rendered("Classic FF's eval-mode label sweep (every image scored once per label) on a CPU: all B*K "
+                    f"(image, label) pairs of an eval batch in one pass against passes of {'/'.join(map(str, pairs))} "
+                    f"pairs (`label_sweep_pairs`), alternated in {result.get('rounds')} rounds (median), "
+                    f"{plural(result.get('threads'), 'thread')}.",
+                    table(['model', 'precision', 'images', 'eval batch', 'one pass img/s', 'passes img/s', 'ratio',
+                           'max logit difference'], rows) + leftovers(result, ('rows', 'threads', 'rounds')))
+
+
 def render_coarse_fine(result: dict) -> Rendered:
     rows, notes = [], ['']
     for probe, p in result['probes'].items():
@@ -573,6 +586,7 @@ RENDERERS = [
     Family('bf16*.json', 'Systems: memory and speed', render_bf16),
     Family('half_weights_*.json', 'Systems: memory and speed', render_half_weights),
     Family('head_cost*.json', 'Systems: memory and speed', render_head_cost),
+    Family('label_sweep*.json', 'Systems: memory and speed', render_label_sweep),
     Family('models*.json', 'Systems: memory and speed', render_models),
     Family('first_command*.json', 'The first command', render_first_command),
     Family('test_command*.json', 'The test command', render_first_command),

@@ -281,6 +281,9 @@ TABLES = {
     'heads': ('parameters and forward FLOPs of every registered head beside the backbone', {
         'cpu': [run('benchmarks/bench_head_cost.py', 'head_cost')],
         'gpu': 'parameter and FLOP counts do not depend on the machine'}),
+    'label_sweep': ("classic FF's eval label sweep on a CPU: one pass of B*K pairs against passes of 64", {
+        'cpu': [run('benchmarks/bench_label_sweep.py', 'label_sweep_cpu')],
+        'gpu': 'the label sweep goes in passes on a CPU only (a GPU scores all pairs of a batch in one pass)'}),
     'head_speed': ('dtgff_resnet18 training img/s and peak memory with each head, dtg and bp_deepsup, alternated', {
         'cpu': [run(f'{THROUGHPUT} --models dtgff_resnet18 --heads linear pred dgl infopro --rounds 2 '
                     '--skip-trainer --mixed-precision bf16 --name throughput_heads_cpu --data-dir {data}')],
