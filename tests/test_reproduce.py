@@ -354,7 +354,6 @@ def test_gpu_day_smoke_runs_every_step_and_writes_its_files(tmp_path):
     gap = json.loads((tmp_path / 'gpu_day_resnet18_gap.json').read_text())
     assert len(gap['unit_gap_pp']) == 8
     assert not list((REPO / 'benchmarks/results').glob('gpu_day*'))
-    assert summary['wall_s'] < 120
 
 
 @pytest.mark.slow
