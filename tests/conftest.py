@@ -12,7 +12,8 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist (pyproject's addopts) each worker has a core: one thread, as the subprocesses tests launch
+torch.set_num_threads(1 if os.environ.get('PYTEST_XDIST_WORKER') else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,7 @@ TAG = 'dtgff_cnn_s.cifar10'
 TAG_REPO = f'{ORG}/{TAG}'
 RUN_FILES = ('config.json', 'model.safetensors', 'metrics.json', 'run_info.json', 'recipe.yaml')
 OFFLINE_HINTS = ('local-dir:PATH', 'pretrained_cfg_overlay=dict(file=')
+pytestmark = pytest.mark.xdist_group('hub')  # one pytest-xdist worker: the session's Hub, trained run and olah venv
 
 
 # --------------------------------------------------------------------------------------- helpers

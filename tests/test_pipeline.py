@@ -25,7 +25,7 @@ from timm_ff.trainer import LocalTrainer
 from _cli import REPO, accelerate_launch, assert_ok, env, run_train, weights
 from _pipeline_case import EPOCHS, build, capture_losses
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('pipeline')]  # one worker: one 2-process run
 
 CASES = [
     dict(name='dtg_window1', objective='dtg', window=1, split=[[0, 2], [2, 4]]),

@@ -408,14 +408,15 @@ class FFNet(nn.Module):
 
         Classic FF's B*K (image, label) pairs go through a CPU in passes of at most :attr:`label_sweep_pairs`
         pairs (whole images' K labels each) when the model is in eval mode, where a pair's output does not depend
-        on the others: one pass of 640 pairs ran ``ff_resnet18`` at 0.6x the pairs/s of passes of 20-80 (bf16, one
-        thread), its activations no longer in cache.
+        on the others (not under torch.fx, torch.compile or export: they see one pass): one pass of 640 pairs ran
+        ``ff_resnet18`` at 0.6x the pairs/s of passes of 20-80 (bf16, one thread), its activations no longer in cache.
         """
         if not self.label_embed_enabled:
             return self.units[u](state, with_logits=True)
         x, labels = state['x'], state['labels']
         step = max(1, self.label_sweep_pairs // self.num_classes) * self.num_classes
-        if self.training or x.device.type != 'cpu' or x.shape[0] <= step:
+        traced = isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling()  # one pass: no data-dependent flow
+        if traced or self.training or x.device.type != 'cpu' or x.shape[0] <= step:
             xs, g = self.units[u](x, labels=labels, with_logits=True)
         else:
             outs = [self.units[u](xc, labels=lc, with_logits=True) for xc, lc in zip(x.split(step), labels.split(step))]
