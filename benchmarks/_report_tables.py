@@ -574,6 +574,7 @@ RENDERERS = [
     Family('cifar10_*.json', 'Accuracy: one recipe, several objectives', render_runs),
     Family('resnet18_head_*.json', 'Accuracy: one recipe, several objectives', render_runs),
     Family('transfer_*.json', 'Accuracy: one recipe, several objectives', render_runs),
+    Family('resnet18_recon*.json', 'Accuracy: one recipe, several objectives', render_runs),
     Family('*_screening_*.json', 'Screens and hand-made runs', render_recorded),
     Family('classic_ff_*.json', 'Screens and hand-made runs', render_recorded),
     Family('ablation*.json', 'Ablation', render_ablation),
