@@ -222,9 +222,13 @@ def render_ablation(result: dict) -> Rendered:
                      pp(full - row['mean']) if full is not None else '', row['n'],
                      ', '.join(f"seed {r['seed']}: {pct(r['accuracy'])}" for r in seeds)])
     headers = ['variant', 'fused top-1 (mean)', 'min-max', 'spread (pp)', 'gain of the part (pp)', 'seeds', 'per seed']
-    return Rendered("DTG-FF's parts switched off one at a time by model kwarg, one recipe: fused top-1 over seeds; "
-                    "gain = the full model's mean minus the variant's.",
-                    table(headers, rows) + leftovers(result, ('runs', 'table', 'recipe')))
+    how = ''
+    if 'jobs' in result:
+        jobs, threads = result['jobs'], plural(result.get('threads_per_run'), 'thread')
+        how = f' (one run at a time, {threads})' if jobs == 1 else f' ({jobs} runs at once, {threads} each)'
+    return Rendered("DTG-FF's parts switched off one at a time by model kwarg, one recipe: fused top-1 over seeds"
+                    f"{how}; gain = the full model's mean minus the variant's.",
+                    table(headers, rows) + leftovers(result, ('runs', 'table', 'recipe', 'jobs', 'threads_per_run')))
 
 
 def _over_table(ratios: dict, kinds: dict) -> list:

@@ -5,13 +5,18 @@
 Each part is a model kwarg (see the README's ablation table), so every variant is the same
 ``train_ff.py`` run with one ``--model-kwargs`` change. Writes ``benchmarks/results/<name>.json``
 (every run's fused and per-unit accuracy) and prints a Markdown table of mean and spread (min-max
-over seeds). A part whose gain over its ablation is within the seed spread is marked "no measured gain".
+over seeds). A part whose gain over its ablation is within the seed spread is marked "no measured
+gain". ``--jobs 2 --threads 1`` trains two runs at once at one thread each; a finished run
+(``<runs-dir>/<name>-<variant>-s<seed>/metrics.json``) is reused and a stopped one resumes from its
+checkpoints.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,6 +47,8 @@ def main():
     p.add_argument('--parts', nargs='+', default=list(PARTS), help=f'parts to ablate, from: {", ".join(PARTS)}')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     p.add_argument('--runs-dir', default=str(REPO / 'benchmarks/runs'))
+    p.add_argument('--jobs', type=int, default=1, help='runs trained at once, each with cores/jobs threads')
+    p.add_argument('--threads', type=int, default=0, help='threads per run (0: cores/jobs)')
     p.add_argument('--name', default='ablation_cpu')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[], help='extra train_ff.py flags for every run')
     args = p.parse_args()
@@ -53,25 +60,31 @@ def main():
     import yaml
     base_kwargs = (yaml.safe_load(Path(args.recipe).read_text()) or {}).get('model_kwargs') or {}
     prov = provenance(args.seeds[0])
-    runs = {}
-    for name, off in variants(args.parts).items():
-        runs[name] = []
-        for seed in args.seeds:
-            out = Path(args.runs_dir) / f'{args.name}-{name}-s{seed}'
-            kwargs = json.dumps({**base_kwargs, **off})
-            cmd = [sys.executable, str(REPO / 'train_ff.py'), '-c', args.recipe, '--objective', 'dtg',
-                   '--model-kwargs', kwargs, '--data-dir', args.data_dir, '--seed', str(seed), '--output', str(out),
-                   '--no-progress', *args.extra]
-            if (out / 'metrics.json').exists():
-                cmd += ['--resume', str(out)]
-            print('$', ' '.join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=REPO)
-            m = json.loads((out / 'metrics.json').read_text())
-            runs[name].append(dict(seed=seed, accuracy=m['accuracy'], unit_accuracy=m['unit_accuracy'],
-                                   model_kwargs={**base_kwargs, **off}, fusion_check=m.get('fusion_check'),
-                                   train_command=' '.join(cmd[1:])))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+
+    def train(job):
+        name, off, seed = job
+        out = Path(args.runs_dir) / f'{args.name}-{name}-s{seed}'
+        kwargs = json.dumps({**base_kwargs, **off})
+        cmd = [sys.executable, str(REPO / 'train_ff.py'), '-c', args.recipe, '--objective', 'dtg',
+               '--model-kwargs', kwargs, '--data-dir', args.data_dir, '--seed', str(seed), '--output', str(out),
+               '--no-progress', *args.extra]
+        if not (out / 'metrics.json').exists():  # a finished run is reused, a stopped one resumes
+            resume = ['--resume', str(out)] if (out / 'checkpoints').is_dir() else []
+            print('$', ' '.join(cmd + resume), flush=True)
+            subprocess.run(cmd + resume, check=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        m = json.loads((out / 'metrics.json').read_text())
+        return name, dict(seed=seed, accuracy=m['accuracy'], unit_accuracy=m['unit_accuracy'],
+                          model_kwargs={**base_kwargs, **off}, fusion_check=m.get('fusion_check'),
+                          train_images_per_s=m.get('train_images_per_s'), train_command=' '.join(cmd[1:]))
+
+    jobs = [(name, off, seed) for seed in args.seeds for name, off in variants(args.parts).items()]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(train, jobs))
+    runs = {name: [r for n, r in done if n == name] for name in variants(args.parts)}
     table = summarise(runs)
-    result = dict(prov, recipe=Path(args.recipe).read_text(), seeds=args.seeds, runs=runs, table=table)
+    result = dict(prov, recipe=Path(args.recipe).read_text(), seeds=args.seeds, jobs=args.jobs, threads_per_run=threads,
+                  runs=runs, table=table)
     path = write_result(args.name, result)
     print(markdown(table))
     print(f'-> {path}')
