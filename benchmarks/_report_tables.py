@@ -133,6 +133,12 @@ def leftovers(result: dict, used) -> list:
 
 # one recipe, several objectives: bench_cifar10_gap.py and any file of its shape, bench_transfer.py
 
+def side_by_side(result: dict) -> str:
+    """How a benchmark's runs shared the machine, from its ``jobs`` and ``threads_per_run``."""
+    jobs, threads = result['jobs'], plural(result.get('threads_per_run'), 'thread')
+    return f'one run at a time, {threads}' if jobs == 1 else f'{jobs} runs at once, {threads} each'
+
+
 def _extra_flags(command: str) -> str:
     return command.partition(' --extra ')[2].strip()
 
@@ -167,10 +173,7 @@ def render_runs(result: dict) -> Rendered:
                rate(r.get('train_images_per_s'))]
         row += [mb(r.get('peak_memory_mb'))] * has_memory + [rate(r.get('wall_time_s'))]
         rows.append(row + [units(r.get('history_accuracy'))] * has_history)
-    how = []
-    if 'jobs' in result:
-        jobs, threads = result['jobs'], plural(result.get('threads_per_run'), 'thread')
-        how.append(f'one run at a time, {threads}' if jobs == 1 else f'{jobs} runs at once, {threads} each')
+    how = [side_by_side(result)] if 'jobs' in result else []
     extra = _extra_flags(result.get('command', ''))
     if extra:
         how.append(f'extra train_ff.py flags {code(quote_json(extra))}')
@@ -222,10 +225,7 @@ def render_ablation(result: dict) -> Rendered:
                      pp(full - row['mean']) if full is not None else '', row['n'],
                      ', '.join(f"seed {r['seed']}: {pct(r['accuracy'])}" for r in seeds)])
     headers = ['variant', 'fused top-1 (mean)', 'min-max', 'spread (pp)', 'gain of the part (pp)', 'seeds', 'per seed']
-    how = ''
-    if 'jobs' in result:
-        jobs, threads = result['jobs'], plural(result.get('threads_per_run'), 'thread')
-        how = f' (one run at a time, {threads})' if jobs == 1 else f' ({jobs} runs at once, {threads} each)'
+    how = f' ({side_by_side(result)})' if 'jobs' in result else ''
     return Rendered("DTG-FF's parts switched off one at a time by model kwarg, one recipe: fused top-1 over seeds"
                     f"{how}; gain = the full model's mean minus the variant's.",
                     table(headers, rows) + leftovers(result, ('runs', 'table', 'recipe', 'jobs', 'threads_per_run')))

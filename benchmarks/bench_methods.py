@@ -47,18 +47,17 @@ GROUPED = ('cwcomp', 'deeperforward')  # logits = energies of K channel groups: 
 EVAL_ONCE = ('dtgff_resnet18',)  # base models on which the label-family methods are evaluated after the last epoch only
 
 
+def recipe_value(recipe: Path, key: str):
+    """One key of a train_ff.py recipe (a YAML file); a recipe without it is a one-line error."""
+    import yaml
+    value = (yaml.safe_load(recipe.read_text()) or {}).get(key)
+    if value is None:
+        raise SystemExit(f'error: recipe {recipe} names no {key}')
+    return value
+
+
 def recipe_model(recipe: Path) -> str:
-    for line in recipe.read_text().splitlines():
-        if line.startswith('model:'):
-            return line.split(':', 1)[1].split('#')[0].strip()
-    raise SystemExit(f'error: recipe {recipe} names no model')
-
-
-def recipe_epochs(recipe: Path) -> int:
-    for line in recipe.read_text().splitlines():
-        if line.startswith('epochs:'):
-            return int(line.split(':', 1)[1].split('#')[0])
-    raise SystemExit(f'error: recipe {recipe} names no epochs')
+    return str(recipe_value(recipe, 'model'))
 
 
 def in_repo(path: Path) -> str:
@@ -183,7 +182,7 @@ def main():
     name = args.name or f'methods_{args.budget}_cpu'
     prov = provenance(args.seeds[0])
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    epochs = recipe_epochs(recipe)
+    epochs = recipe_value(recipe, 'epochs')
     recorded = recorded_runs(Path(args.out_dir or REPO / 'benchmarks/results') / f'{name}.json', recipe.read_text(),
                              args.data_dir, args.extra)
 
