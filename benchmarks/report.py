@@ -78,6 +78,21 @@ HEADLINE = {
 }
 HEADLINE_OBJECTIVES = ('dtg', 'bp_deepsup', 'bp', 'ff')
 
+DEPTH_BEGIN, DEPTH_END = '<!-- report:depth:begin -->', '<!-- report:depth:end -->'
+# The README's depth table: per budget, the results files of its `dtg` and `bp_deepsup` runs (same model, heads and
+# recipe; runs keyed by objective, one file per seed) and the plot of its per-unit curves.
+DEPTH = (
+    dict(model='dtgff_resnet18', budget='10k x 3', png='resnet18_heads_cpu.png',
+         dtg=('cifar10_resnet18_bf16_seed0_cpu.json', 'cifar10_resnet18_bf16_seed1_cpu.json'),
+         bp_deepsup=('resnet18_head_goodness_cpu.json', 'resnet18_head_goodness_seed1_cpu.json')),
+    dict(model='dtgff_resnet18', budget='10k x 8', png='cifar10_resnet18_8ep_cpu.png',
+         dtg=('cifar10_resnet18_8ep_cpu.json',), bp_deepsup=('cifar10_resnet18_8ep_cpu.json',)),
+    dict(model='dtgff_resnet18', budget='47.5k x 5 (all of CIFAR-10)', png='cifar10_resnet18_full_cpu.png',
+         dtg=('cifar10_resnet18_full_cpu.json',), bp_deepsup=('cifar10_resnet18_full_cpu.json',)),
+    dict(model='dtgff_resnet34', budget='10k x 3', png='cifar10_resnet34_cpu.png',
+         dtg=('cifar10_resnet34_cpu.json',), bp_deepsup=('cifar10_resnet34_cpu.json',)),
+)
+
 RECIPE_RE = re.compile(r'(?:^|\s)(?:-c|--config|--recipe)[ =](\S+\.ya?ml)(?=\s|$)')
 MODEL_RE = re.compile(r'(?:^|\s)--model[ =]([\w.]+)')
 KWARGS_RE = re.compile(r'(?:^|\s)--model-kwargs[ =]')
@@ -655,6 +670,56 @@ def render_methods_block(results: dict, stats: dict) -> str:
     return '\n'.join(out + [METHODS_END])
 
 
+# the README's depth table
+
+def depth_runs(results: dict, files, objective: str) -> list:
+    """The runs of ``objective`` with a per-unit curve in ``files`` (one per seed)."""
+    return [run for f in files for key, run in keyed_runs(results.get(f, {}))
+            if key == objective and isinstance(run, dict) and run.get('unit_accuracy')]
+
+
+def depth_summary(runs: list) -> dict:
+    """Mean over seeds of the fused top-1, the last unit, and the fall (best unit minus last unit, per seed)."""
+    def mean(xs):
+        return sum(xs) / len(xs)
+    curves = [r['unit_accuracy'] for r in runs]
+    mean_curve = [mean(col) for col in zip(*curves)]
+    return dict(seeds=len(runs), fused=mean([r['accuracy'] for r in runs]), last=mean([c[-1] for c in curves]),
+                fall=mean([max(c) - c[-1] for c in curves]), best_unit=mean_curve.index(max(mean_curve)),
+                units=len(mean_curve))
+
+
+def render_depth_block(results: dict, stats: dict) -> str:
+    """Per budget of :data:`DEPTH`: how far the last unit of `dtg` and `bp_deepsup` falls below their best one, and
+    the fused and last-unit gaps between them."""
+    rows = []
+    for spec in DEPTH:
+        dtg, bp = (depth_runs(results, spec[o], o) for o in ('dtg', 'bp_deepsup'))
+        files = list(dict.fromkeys([*spec['dtg'], *spec['bp_deepsup']]))
+        if not dtg or not bp:
+            rows.append([code(spec['model']), spec['budget'], 'not measured', '', '', '', '', '', '', ''])
+            continue
+        d, b = depth_summary(dtg), depth_summary(bp)
+        marks = sorted({m for f in files for m, on in (('stale', stats[f].stale), ('uncommitted tree', stats[f].dirty))
+                        if f in stats and on})
+        png = RESULTS / spec['png']
+        links = ', '.join(f'[`{f}`](benchmarks/results/{f})' for f in files)
+        links += f'; plot [`{png.name}`](benchmarks/results/{png.name})' if png.is_file() else ''
+        links += f" ({', '.join(marks)})" if marks else ''
+        seeds = f"{d['seeds']}" if d['seeds'] == b['seeds'] else f"{d['seeds']} / {b['seeds']}"
+        rows.append([code(spec['model']), spec['budget'], seeds, f"{pct(d['fused'])} / {pct(b['fused'])}",
+                     pp(b['fused'] - d['fused']), f"{d['best_unit']} / {b['best_unit']} of {d['units']}",
+                     f"{pp(d['fall'])} / {pp(b['fall'])}", pp(d['fall'] - b['fall']), pp(b['last'] - d['last']), links])
+    headers = ['model', 'images x epochs', 'seeds', 'fused top-1 `dtg` / `bp_deepsup`', 'fused gap (pp)',
+               'best unit (from 0, mean curve) `dtg` / `bp_deepsup`', 'last unit below best (pp) `dtg` / `bp_deepsup`',
+               'extra fall of `dtg` (pp)', 'last-unit gap (pp)', 'results']
+    note = ('Same network, heads (the default goodness heads) and recipe for both objectives; `bp_deepsup` lets every '
+            "head's gradient reach all the units below it, `dtg` keeps it inside its unit. The fall is the best "
+            'unit minus the last unit, per seed, then averaged; the gaps are `bp_deepsup` minus `dtg`. Rendered by '
+            '`python benchmarks/report.py` (do not edit between the markers).')
+    return '\n'.join([DEPTH_BEGIN, *table(headers, rows), '', note, DEPTH_END])
+
+
 def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str | None:
     """``text`` with the block between ``begin`` and ``end`` replaced by ``block``; None when those markers are
     missing or out of order."""
@@ -689,6 +754,11 @@ def main(argv=None) -> int:
             print(f'error: {README.name} has no {METHODS_BEGIN} ... {METHODS_END} markers: its methods tables are '
                   'not rendered', file=sys.stderr)
         readme = with_methods or readme
+        with_depth = replace_block(readme, render_depth_block(results, stats), DEPTH_BEGIN, DEPTH_END)
+        if with_depth is None:
+            print(f'error: {README.name} has no {DEPTH_BEGIN} ... {DEPTH_END} markers: its depth table is not '
+                  'rendered', file=sys.stderr)
+        readme = with_depth or readme
     old_doc = DOC.read_text() if DOC.is_file() else ''
     if args.check:
         drift = _diff(old_doc, doc, 'docs/results.md') + (_diff(readme_text, readme, README.name) if readme else '')

@@ -349,6 +349,32 @@ def test_the_readme_methods_block_renders_each_budget_or_says_it_is_missing(tmp_
     assert new == f'a\n{report.BEGIN}\nx\n{report.END}\n{block}\nb\n'
 
 
+def test_the_depth_block_averages_the_fall_per_seed_and_gives_both_gaps(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, 'RESULTS', tmp_path)
+    spec = dict(model='dtgff_cnn_s', budget='1k x 2', png='depth.png', dtg=('d0.json', 'd1.json'),
+                bp_deepsup=('b.json',))
+    monkeypatch.setattr(report, 'DEPTH', (spec, dict(spec, budget='9k x 9', dtg=('gone.json',))))
+    results = {
+        'd0.json': gap_result(runs={'dtg': dict(run(60.0), unit_accuracy=[58.0, 62.0, 57.0])}),
+        'd1.json': gap_result(runs={'dtg': dict(run(61.0), unit_accuracy=[59.0, 60.0, 59.0])}),
+        'b.json': gap_result(runs={'bp_deepsup': dict(run(64.0, 'bp_deepsup'), unit_accuracy=[57.0, 63.0, 62.0]),
+                                   'dtg': dict(run(1.0), unit_accuracy=[1.0, 1.0, 1.0])}),
+    }
+    stats = {name: report.Status() for name in results}
+    stats['b.json'] = report.Status(stale=['recipe changed'])
+    block = report.render_depth_block(results, stats)
+    assert block.startswith(report.DEPTH_BEGIN) and block.endswith(report.DEPTH_END)
+    # dtg: falls 5 and 1 (mean 3), last units 57 and 59 (mean 58), best of the mean curve unit 1; bp_deepsup falls 1
+    assert ('| `dtgff_cnn_s` | 1k x 2 | 2 / 1 | 60.50% / 64.00% | 3.50 | 1 / 1 of 3 | 3.00 / 1.00 | 2.00 | 4.00 | '
+            '[`d0.json`](benchmarks/results/d0.json), [`d1.json`](benchmarks/results/d1.json), '
+            '[`b.json`](benchmarks/results/b.json) (stale) |') in block
+    assert '| `dtgff_cnn_s` | 9k x 9 | not measured |' in block
+    (tmp_path / 'depth.png').write_bytes(b'png')
+    assert '; plot [`depth.png`](benchmarks/results/depth.png) (stale) |' in report.render_depth_block(results, stats)
+    text = f'a\n{report.DEPTH_BEGIN}\nold\n{report.DEPTH_END}\nb\n'
+    assert report.replace_block(text, block, report.DEPTH_BEGIN, report.DEPTH_END) == f'a\n{block}\nb\n'
+
+
 def test_the_headline_reads_a_methods_file_by_method_name(monkeypatch):
     monkeypatch.setattr(report, 'HEADLINE', {
         'dtgff_cnn_s': {'objective': 'dtg', 'gap_to': ('dtgff_cnn_s', 'bp_deepsup'),
