@@ -6,7 +6,8 @@
 Every ``benchmarks/results/*.json`` that git tracks becomes one section of docs/results.md (the renderers are in
 ``_report_tables.py``): what was measured, the table, and beneath it the commit, date, machine, seeds, the command
 that reproduces it and its plot. A section is marked stale when a commit after the one it was measured at changed
-its recipe (the recipe's keys: the recipe text the file recorded, or the file at that commit, against today's) or a
+its recipe (the recipe's keys: the recipe text the file recorded, or the file at that commit, against today's; a key
+that every run naming the recipe set itself by a flag, such as ``--batch-size``, does not count) or a
 default kwarg of a model it trained (``timm.create_model(arch).model_args`` and the default input size, built from
 ``git archive <commit> timm_ff`` in a subprocess, against the working tree's). Kwargs the run set itself do not count;
 a kwarg added since counts when today's default differs from the one it was added with. Results measured, or runs
@@ -300,6 +301,14 @@ def _yaml(text: str | None) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def overridden_keys(result: dict, path: str, keys) -> set:
+    """The recipe keys that every command of the result naming recipe ``path`` sets itself with a flag
+    (``batch_size`` by ``--batch-size``): a change of such a key did not reach what was measured."""
+    commands = [s for s in _strings(result) if path in RECIPE_RE.findall(s)]
+    flags = {k: re.compile(rf"(?:^|\s)--{re.escape(str(k).replace('_', '-'))}(?:[ =]|$)") for k in keys}
+    return {k for k, flag in flags.items() if commands and all(flag.search(c) for c in commands)}
+
+
 def recipes_at(result: dict, repo: Repo) -> dict:
     """``{path: text}`` of the result's recipes as they ran: the recipe text it recorded, else the file at its
     commit (None where it is not there)."""
@@ -403,8 +412,11 @@ def status(result: dict, repo: Repo, archs) -> Status:
         if new is None:
             out.stale.append(f'recipe `{path}` removed since `{short}`')
         elif old is not None and _yaml(old) != _yaml(new):
-            changes = dict_changes(_yaml(old) or {}, _yaml(new) or {}) or ['its text']
-            out.stale.append(f"recipe `{path}` changed since `{short}`: {', '.join(changes)}")
+            keep = set(_yaml(old) or {}) | set(_yaml(new) or {})
+            keep -= overridden_keys(result, path, keep)
+            changes = dict_changes(*({k: v for k, v in (_yaml(t) or {}).items() if k in keep} for t in (old, new)))
+            if changes or _yaml(old) is None or _yaml(new) is None:
+                out.stale.append(f"recipe `{path}` changed since `{short}`: {', '.join(changes or ['its text'])}")
     per_arch = {}
     for arch, kwargs in sorted(trained_models(result, recipes, archs)):
         old, new = repo.model_args(commit, arch), repo.model_args(None, arch)
@@ -526,7 +538,8 @@ INTRO = [
      'renderer (`benchmarks/_report_tables.py`) or a recipe, then run the script again; '
      '`python benchmarks/report.py --check` (run by `tests/test_report.py`) fails while this page and the files '
      'disagree.'), '',
-    ("**Stale** marks a table measured before a later commit changed its recipe (the recipe's keys, comments aside) or "
+    ("**Stale** marks a table measured before a later commit changed its recipe (the recipe's keys, comments aside, "
+     'and keys that every run set itself by a flag, such as `--batch-size`) or '
      'a default kwarg of a model it trained (`timm.create_model(arch).model_args` and the default input size at the '
      "commit it was measured at, against today's; kwargs the run set itself do not count, and a kwarg added since "
      'counts when its default changed after it was added). **Uncommitted tree** marks a result measured, or a run '

@@ -102,6 +102,20 @@ def test_a_changed_recipe_is_marked_stale_with_the_changed_keys():
     assert status(result, recipes_now={}).stale == [f'recipe `{RECIPE}` removed since `aaaaaaa`']
 
 
+def test_a_recipe_key_every_run_set_by_its_own_flag_does_not_make_it_stale():
+    now = {RECIPE: gap_result()['recipe'].replace('batch_size: 64', 'batch_size: 32').replace('epochs: 5', 'epochs: 9')}
+    both = gap_result(runs={'dtg': run(78.5, extra=' --batch-size 128'),
+                            'bp_deepsup': run(80.0, 'bp_deepsup', extra=' --batch-size=128')},
+                      command=f'python benchmarks/bench_cifar10_gap.py --recipe {RECIPE} --extra --batch-size 128')
+    assert status(both, recipes_now=now).stale == [f'recipe `{RECIPE}` changed since `aaaaaaa`: epochs 5 -> 9']
+    one = gap_result(runs={'dtg': run(78.5, extra=' --batch-size 128'), 'bp_deepsup': run(80.0, 'bp_deepsup')})
+    assert status(one, recipes_now=now).stale == [
+        f'recipe `{RECIPE}` changed since `aaaaaaa`: batch_size 64 -> 32, epochs 5 -> 9']
+    prefix = gap_result(runs={'dtg': run(78.5, extra=' --batch-size-per-unit 128')})
+    assert 'batch_size 64 -> 32' in status(prefix, recipes_now=now).stale[0]
+    assert status(both, recipes_now={RECIPE: now[RECIPE].replace('epochs: 9', 'epochs: 5')}).stale == []
+
+
 def test_a_recipe_without_recorded_text_is_read_at_the_commit():
     result = gap_result()
     old = result.pop('recipe')
