@@ -59,8 +59,14 @@ def find_olah_cli(install: bool = True) -> Optional[str]:
         return found
     import sys
     subprocess.run([sys.executable, '-m', 'venv', str(OLAH_VENV)], check=True)
-    subprocess.run([str(OLAH_VENV / 'bin/pip'), 'install', '-q', f'olah=={OLAH_VERSION}'], check=True, timeout=600)
-    return str(OLAH_VENV / 'bin/olah-cli')
+    for attempt in range(3):  # a package index can drop a connection: try again before failing the Hub tests
+        proc = subprocess.run([str(OLAH_VENV / 'bin/pip'), 'install', '-q', f'olah=={OLAH_VERSION}'],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0:
+            return str(OLAH_VENV / 'bin/olah-cli')
+        time.sleep(5 * (attempt + 1))
+    raise RuntimeError(f'could not install olah=={OLAH_VERSION} into {OLAH_VENV} (pip exited {proc.returncode}): '
+                       f'{proc.stderr.strip()[-2000:]}\nset OLAH_CLI to an installed olah-cli to run the Hub tests')
 
 
 def free_port() -> int:
