@@ -6,8 +6,8 @@
 
 ``--budget cpu`` (the default) runs the commands that made the committed ``benchmarks/results/*_cpu.json``
 files, as each file records them (same script, recipe, flags, seeds and results name). Where a recipe file
-has changed since a file was made, the command pins the old value with a flag (the ablation ran at batch
-128). The code is this checkout's: each file names the commit it was made at, and ``--dry-run`` prints it.
+has changed since a file was made, the command pins the old value with a flag (``cnn_s_gap``'s batch-64 file).
+The code is this checkout's: each file names the commit it was made at, and ``--dry-run`` prints it.
 ``--budget gpu`` runs the GPU form: training tables on the full-budget ``hub_configs/*.yaml`` recipes (all
 of the training split, autocast bf16), systems tables with their GPU flags, every file under a ``_gpu``
 name, so no CPU file is overwritten. A table without a GPU form says why in one line.
@@ -169,8 +169,7 @@ TABLES = {
                     f'--seed {s} --name cifar10_gap_seed{s}_gpu --extra --mixed-precision bf16')
                 for s in (0, 1)]}),
     'ablation': ('dtgff_cnn_s under dtg with each DTG part switched off, two seeds', {
-        'cpu': [run('benchmarks/bench_ablation.py --data-dir {data} --seeds 0 1', 'ablation_cpu',
-                    pin='--extra --batch-size 128')],
+        'cpu': [run('benchmarks/bench_ablation.py --data-dir {data} --seeds 0 1 --jobs 2 --threads 1', 'ablation_cpu')],
         'gpu': [run(f'benchmarks/bench_ablation.py --recipe {HUB_CNN_S} --data-dir {{data}} --seeds 0 1 '
                     '--name ablation_gpu --extra --mixed-precision bf16')]}),
     'resnet18_gap': ('the named ResNets on 10k CIFAR-10 images: dtgff_resnet18 (3 objectives), ff_resnet18', {
