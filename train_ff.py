@@ -330,8 +330,10 @@ def git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                                 capture_output=True, text=True, timeout=10).stdout.splitlines()
+        # results files written by an earlier benchmark of the same batch do not change the code that trains
+        dirty = [line for line in changed if line.strip() and not line[3:].startswith('benchmarks/results/')]
         return out.stdout.strip() + ('-dirty' if dirty else '') if out.returncode == 0 else 'unknown'
     except (OSError, subprocess.SubprocessError):
         return 'unknown'

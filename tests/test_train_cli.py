@@ -1,5 +1,6 @@
 """train_ff.py end to end: artefacts, timm loading, exact resume, bad input (subprocesses, like a user)."""
 import json
+import subprocess
 
 import pytest
 import timm
@@ -256,3 +257,24 @@ def test_bad_input_from_the_real_entry_point_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model 'nope_net'; timm_ff models: ")
     assert 'Traceback' not in proc.stderr
+
+
+def test_the_run_commit_is_dirty_for_changed_code_not_for_changed_results_files(tmp_path, monkeypatch):
+    import train_ff
+
+    def git(*args):
+        subprocess.run(['git', *args], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / 'benchmarks/results').mkdir(parents=True)
+    (tmp_path / 'benchmarks/results/table.json').write_text('{}\n')
+    (tmp_path / 'code.py').write_text('x = 1\n')
+    git('init', '-q')
+    git('add', '-A')
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'init')
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(train_ff, '__file__', str(tmp_path / 'train_ff.py'))
+    assert train_ff.git_commit() == head
+    (tmp_path / 'benchmarks/results/table.json').write_text('{"written": "by an earlier benchmark"}\n')
+    (tmp_path / 'untracked.txt').write_text('ignored\n')
+    assert train_ff.git_commit() == head
+    (tmp_path / 'code.py').write_text('x = 2\n')
+    assert train_ff.git_commit() == f'{head}-dirty'
