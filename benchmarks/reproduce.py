@@ -93,6 +93,11 @@ HEADS = (('resnet18_head_goodness', 'bp_deepsup', ''),
          ('resnet18_head_dgl', 'dtg bp_deepsup', """--model-kwargs '{"head": "dgl"}'"""),
          ('resnet18_head_infopro', 'dtg', """--model-kwargs '{"head": "infopro"}'"""),
          ('resnet18_recon', 'dtg', """--objective-kwargs '{"recon": [5, 0]}'"""),
+         # depth levers: the reconstruction term weighted towards the last units; Nøkland's pred heads on the last stage
+         ('resnet18_recon_late', 'dtg', """--objective-kwargs '{"recon": [0, 2]}'"""),
+         ('resnet18_head_mixed_pred', 'dtg',
+          """--model-kwargs '{"head": ["goodness", "goodness", "goodness", "goodness", "goodness", "goodness", """
+          """"pred", "pred"]}'"""),
          ('cifar10_resnet18_8ep', 'dtg bp_deepsup', '--epochs 8'))
 # on the GPU recipe (all of CIFAR-10, 100 epochs) the goodness head under dtg and bp_deepsup is resnet18_full's
 # cifar10_resnet18_full_gpu, and what the 8-epoch run asks (a budget longer than 3 epochs) is that recipe itself:
@@ -202,7 +207,7 @@ TABLES = {
                     f'--name cifar10_resnet18_full_gpu --extra {SUMMED}'),
                 run(f'{GAP} --recipe hub_configs/ff_resnet18.cifar10.yaml --objectives ff '
                     '--data-dir {data} --name cifar10_resnet18_full_ff_gpu')]}),
-    'resnet18_heads': ('dtgff_resnet18 heads (goodness, pred, dgl, infopro), recon term, 8 epochs; bf16 recipe', {
+    'resnet18_heads': ('dtgff_resnet18 heads (goodness, pred, dgl, infopro, mixed), recon term, 8 epochs; bf16 recipe', {
         'cpu': [run(f'{R18_BF16} --objectives {objectives} --threads 1 --name {name}_cpu --data-dir {{data}}'
                     + (f' --extra {flags}' if flags else ''))
                 for name, objectives, flags in HEADS],

@@ -148,7 +148,8 @@ def test_cpu_commands_are_the_ones_the_committed_files_record():
             if r.script.endswith('bench_methods.py'):  # a stopped benchmark's file is written by its --no-train form
                 recorded = recorded.partition(' --note ')[0].removesuffix(' --no-train')  # (a note said why)
             as_recorded = r.argv(reproduce.DEFAULT_DATA)[1:len(r.args) + 1]  # without the pinned arguments
-            assert recorded == ' '.join(['python', r.script, *as_recorded])
+            argv = ['python', r.script, *as_recorded]  # files record sys.argv joined, newer ones shell-quoted
+            assert recorded in (' '.join(argv), shlex.join(argv))
             checked += 1
     assert checked >= 25
 
@@ -189,7 +190,8 @@ def test_list_names_every_table_budget_and_file():
 
 
 HEAD_FILES = ('resnet18_head_goodness_cpu', 'resnet18_head_pred_cpu', 'resnet18_head_dgl_cpu',
-              'resnet18_head_infopro_cpu', 'resnet18_recon_cpu', 'cifar10_resnet18_8ep_cpu')
+              'resnet18_head_infopro_cpu', 'resnet18_recon_cpu', 'resnet18_recon_late_cpu',
+              'resnet18_head_mixed_pred_cpu', 'cifar10_resnet18_8ep_cpu')
 
 
 @pytest.mark.timeout(120)
