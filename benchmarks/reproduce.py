@@ -6,8 +6,9 @@
 
 ``--budget cpu`` (the default) runs the commands that made the committed ``benchmarks/results/*_cpu.json``
 files, as each file records them (same script, recipe, flags, seeds and results name). Where a recipe file
-has changed since a file was made, the command pins the old value with a flag (``cnn_s_gap``'s batch-64 file).
-The code is this checkout's: each file names the commit it was made at, and ``--dry-run`` prints it.
+has changed since a file was made, the command pins the old value with a flag (``run(..., pin=...)``, as
+the classic FF runs pin their epochs and loss). The code is this checkout's: each file names the commit it was
+made at, and ``--dry-run`` prints it.
 ``--budget gpu`` runs the GPU form: training tables on the full-budget ``hub_configs/*.yaml`` recipes (all
 of the training split, autocast bf16), systems tables with their GPU flags, every file under a ``_gpu``
 name, so no CPU file is overwritten. A table without a GPU form says why in one line.
@@ -92,6 +93,7 @@ HEADS = (('resnet18_head_goodness', 'bp_deepsup', ''),
          ('resnet18_head_pred', 'dtg bp_deepsup', """--model-kwargs '{"head": "pred"}'"""),
          ('resnet18_head_dgl', 'dtg bp_deepsup', """--model-kwargs '{"head": "dgl"}'"""),
          ('resnet18_head_infopro', 'dtg', """--model-kwargs '{"head": "infopro"}'"""),
+         ('resnet18_head_infopro_bp_deepsup', 'bp_deepsup', """--model-kwargs '{"head": "infopro"}'"""),
          ('resnet18_recon', 'dtg', """--objective-kwargs '{"recon": [5, 0]}'"""),
          # depth levers: the reconstruction term weighted towards the last units; Nøkland's pred heads on the last stage
          ('resnet18_recon_late', 'dtg', """--objective-kwargs '{"recon": [0, 2]}'"""),
@@ -166,8 +168,8 @@ METHODS = 'benchmarks/bench_methods.py'
 TABLES = {
     'cnn_s_gap': ('dtgff_cnn_s on CIFAR-10: dtg vs bp_deepsup vs bp, one recipe', {
         'cpu': [run(f'{GAP} --data-dir {{data}} --jobs 2', 'cifar10_gap_cpu'),
-                run(f'{GAP} --data-dir {{data}} --jobs 2', 'cifar10_gap_cpu_batch64',
-                    pin='--name cifar10_gap_cpu_batch64 --extra --batch-size 64'),
+                run(f'{GAP} --data-dir {{data}} --jobs 2 --name cifar10_gap_cpu_batch64 --extra --batch-size 64',
+                    'cifar10_gap_cpu_batch64'),
                 *[run(f'{GAP} --data-dir {{data}} --objectives dtg bp_deepsup --jobs 1 --threads 1 '
                       f'--seed {s} --name cifar10_gap_seed{s}_cpu') for s in (0, 1)]],
         'gpu': [run(f'{GAP} --recipe {HUB_CNN_S} --data-dir {{data}} --objectives dtg bp_deepsup bp '
@@ -207,10 +209,13 @@ TABLES = {
                     f'--name cifar10_resnet18_full_gpu --extra {SUMMED}'),
                 run(f'{GAP} --recipe hub_configs/ff_resnet18.cifar10.yaml --objectives ff '
                     '--data-dir {data} --name cifar10_resnet18_full_ff_gpu')]}),
-    'resnet18_heads': ('dtgff_resnet18 heads (goodness, pred, dgl, infopro, mixed), recon term, 8 epochs; bf16 recipe', {
+    'resnet18_heads': ('dtgff_resnet18 heads (goodness, pred, dgl, infopro, mixed), recon term, 8 epochs; '
+                       'bf16 recipe', {
         'cpu': [run(f'{R18_BF16} --objectives {objectives} --threads 1 --name {name}_cpu --data-dir {{data}}'
                     + (f' --extra {flags}' if flags else ''))
-                for name, objectives, flags in HEADS],
+                for name, objectives, flags in HEADS]
+               + [run(f'{R18_BF16} --objectives bp_deepsup --threads 1 --seed 1 '  # the goodness heads' 2nd seed
+                      '--name resnet18_head_goodness_seed1_cpu --runs-dir benchmarks/runs/seed1 --data-dir {data}')],
         'gpu': [run(f'{HUB_R18} --objectives {objectives} --name {name}_gpu --data-dir {{data}} '
                     f'--extra {SUMMED} --mixed-precision bf16 {flags}')
                 for name, objectives, flags in HEADS_GPU]}),
