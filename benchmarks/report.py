@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -693,12 +694,10 @@ def depth_runs(results: dict, files, objective: str) -> list:
 
 def depth_summary(runs: list) -> dict:
     """Mean over seeds of the fused top-1, the last unit, and the fall (best unit minus last unit, per seed)."""
-    def mean(xs):
-        return sum(xs) / len(xs)
     curves = [r['unit_accuracy'] for r in runs]
-    mean_curve = [mean(col) for col in zip(*curves)]
-    return dict(seeds=len(runs), fused=mean([r['accuracy'] for r in runs]), last=mean([c[-1] for c in curves]),
-                fall=mean([max(c) - c[-1] for c in curves]), best_unit=mean_curve.index(max(mean_curve)),
+    mean, mean_curve = statistics.fmean, [statistics.fmean(col) for col in zip(*curves)]
+    return dict(seeds=len(runs), fused=mean(r['accuracy'] for r in runs), last=mean(c[-1] for c in curves),
+                fall=mean(max(c) - c[-1] for c in curves), best_unit=mean_curve.index(max(mean_curve)),
                 units=len(mean_curve))
 
 
@@ -762,16 +761,14 @@ def main(argv=None) -> int:
         print(f'error: {README.name} has no {BEGIN} ... {END} markers: its headline table is not rendered',
               file=sys.stderr)
     else:
-        with_methods = replace_block(readme, render_methods_block(results, stats), METHODS_BEGIN, METHODS_END)
-        if with_methods is None:
-            print(f'error: {README.name} has no {METHODS_BEGIN} ... {METHODS_END} markers: its methods tables are '
-                  'not rendered', file=sys.stderr)
-        readme = with_methods or readme
-        with_depth = replace_block(readme, render_depth_block(results, stats), DEPTH_BEGIN, DEPTH_END)
-        if with_depth is None:
-            print(f'error: {README.name} has no {DEPTH_BEGIN} ... {DEPTH_END} markers: its depth table is not '
-                  'rendered', file=sys.stderr)
-        readme = with_depth or readme
+        blocks = (('methods tables are', render_methods_block, METHODS_BEGIN, METHODS_END),
+                  ('depth table is', render_depth_block, DEPTH_BEGIN, DEPTH_END))
+        for what, render_block, begin, end in blocks:
+            replaced = replace_block(readme, render_block(results, stats), begin, end)
+            if replaced is None:
+                print(f'error: {README.name} has no {begin} ... {end} markers: its {what} not rendered',
+                      file=sys.stderr)
+            readme = replaced or readme
     old_doc = DOC.read_text() if DOC.is_file() else ''
     if args.check:
         drift = _diff(old_doc, doc, 'docs/results.md') + (_diff(readme_text, readme, README.name) if readme else '')

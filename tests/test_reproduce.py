@@ -191,7 +191,8 @@ def test_list_names_every_table_budget_and_file():
 
 HEAD_FILES = ('resnet18_head_goodness_cpu', 'resnet18_head_pred_cpu', 'resnet18_head_dgl_cpu',
               'resnet18_head_infopro_cpu', 'resnet18_head_infopro_bp_deepsup_cpu', 'resnet18_recon_cpu',
-              'resnet18_recon_late_cpu', 'resnet18_head_mixed_pred_cpu', 'cifar10_resnet18_8ep_cpu', 'resnet18_head_goodness_seed1_cpu')
+              'resnet18_recon_late_cpu', 'resnet18_head_mixed_pred_cpu', 'cifar10_resnet18_8ep_cpu',
+              'resnet18_head_goodness_seed1_cpu')
 
 
 @pytest.mark.timeout(120)
